@@ -1,0 +1,52 @@
+"""Terminal output for commands. Rich is imported here, on first print, never at CLI start-up."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+@functools.cache
+def console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False)
+
+
+@functools.cache
+def err_console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False)
+
+
+def error(message: str, hint: str | None = None) -> None:
+    """One red line, plus a dim hint line: the only output of a user error."""
+    from rich.markup import escape
+
+    err_console().print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    if hint:
+        err_console().print(f"[dim]hint: {escape(hint)}[/]", soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    from rich.markup import escape
+
+    err_console().print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+
+
+def step(message: str) -> None:
+    """A progress line on stderr; commands print one before importing torch so the user sees life at once."""
+    from rich.markup import escape
+
+    err_console().print(f"[cyan]•[/] {escape(message)}", soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    """Machine-readable output: plain JSON on stdout, nothing else."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
