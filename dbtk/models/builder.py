@@ -1,0 +1,75 @@
+"""Recipe → model and loss, through the registry: the one place components are wired together."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dbtk.errors import DbtkError
+
+if TYPE_CHECKING:
+    from dbtk.recipe import Component, Model
+    from dbtk.registry import Registry
+
+
+class DBNet(nn.Module):
+    """Encoder → decoder → head, with output maps resized to the input when its size is not a multiple of 32."""
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.head = head
+
+    def forward(self, images: torch.Tensor, return_all: bool | None = None) -> dict[str, torch.Tensor]:
+        out = self.head(self.decoder(self.encoder(images)), return_all=return_all)
+        size = images.shape[-2:]
+        if out["prob"].shape[-2:] != size:
+            out = {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False) for k, v in out.items()}
+        return out
+
+
+def build_model(spec: Model, reg: Registry | None = None) -> DBNet:
+    """Build encoder, decoder and head from the recipe's ``[model]`` tables."""
+    reg = reg or _default_registry()
+    encoder = _build(reg, "encoder", "model.encoder", spec.encoder)
+    channels = getattr(encoder, "channels", None)
+    strides = list(getattr(encoder, "strides", []))
+    if channels is None:
+        raise DbtkError(f"encoder '{spec.encoder.name}' does not report its output 'channels'")
+    if strides and strides[0] != 4:
+        raise DbtkError(
+            f"encoder '{spec.encoder.name}' returns its finest feature at stride {strides[0]}; the DB head needs stride 4",
+            hint="choose out_indices whose first level has stride 4",
+        )
+    decoder = _build(reg, "decoder", "model.decoder", spec.decoder, in_channels=list(channels))
+    head = _build(reg, "head", "model.head", spec.head, in_channels=decoder.out_channels)
+    return DBNet(encoder, decoder, head)
+
+
+def build_loss(spec: Component, reg: Registry | None = None) -> nn.Module:
+    return _build(reg or _default_registry(), "loss", "loss", spec)
+
+
+def parameter_counts(model: DBNet) -> dict[str, int]:
+    return {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("encoder", "decoder", "head")}
+
+
+def _build(reg: Registry, kind: str, path: str, spec: Component, **provided: Any) -> Any:
+    try:
+        return reg.build(kind, spec.as_table(), **provided)
+    except DbtkError as exc:
+        exc.message = f"{path}: {exc.message}"
+        raise
+    except (TypeError, ValueError) as exc:  # a component rejected its arguments
+        raise DbtkError(f"{path}: {kind} '{spec.name}' rejected its parameters: {exc}") from exc
+
+
+def _default_registry() -> Registry:
+    from dbtk.registry import registry
+
+    return registry
+
