@@ -137,11 +137,19 @@ class Data:
     shrink_ratio: float = _field(0.4, "DB shrink ratio r of the probability-map kernels", between(0, 1, inclusive=False))
     thresh_min: float = _field(0.3, "threshold-map value far from text", between(0, 1))
     thresh_max: float = _field(0.7, "threshold-map value on text borders", between(0, 1))
-    cache: str = _field("off", "target cache: 'off', 'auto' (user cache folder) or a folder path")
+    min_text_size: float = _field(3.0, "text shorter than this many pixels after augmentation becomes don't-care", at_least(0))
+    augment: bool = _field(True, "random scale, rotation, crop position and colour jitter for training")
+    scale_min: float = _field(0.5, "smallest random scale (relative to LongestMaxSize, or to native size with crop)", positive())
+    scale_max: float = _field(1.5, "largest random scale", positive())
+    rotate: float = _field(10.0, "largest random rotation in degrees", between(0, 180))
+    color_jitter: float = _field(0.3, "strength of brightness/contrast/saturation jitter (0 = off)", between(0, 1))
+    cache: str = _field("off", "decoded-sample cache: 'off', 'auto' (user cache folder) or a folder path")
 
     def __attrs_post_init__(self) -> None:
         if self.thresh_min >= self.thresh_max:
             raise FieldError("thresh_max", f"must be greater than thresh_min ({self.thresh_min}), got {self.thresh_max}")
+        if self.scale_min > self.scale_max:
+            raise FieldError("scale_max", f"must be at least scale_min ({self.scale_min}), got {self.scale_max}")
 
 
 @attrs.define

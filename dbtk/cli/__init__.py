@@ -20,6 +20,7 @@ from dbtk.errors import DbtkError
 
 #: Command name -> "module:attribute". One module per command; nothing here is imported until needed.
 COMMANDS: dict[str, str] = {
+    "clean-data": "dbtk.cli.clean_data:clean_data",
     "models": "dbtk.cli.models:models",
     "plugins": "dbtk.cli.plugins:plugins",
     "profile-imports": "dbtk.cli.profile_imports:profile_imports",

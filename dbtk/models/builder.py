@@ -15,17 +15,30 @@ if TYPE_CHECKING:
     from dbtk.registry import Registry
 
 
+#: ImageNet statistics in 0–255 units: what timm encoders are trained with.
+IMAGE_MEAN = (123.675, 116.28, 103.53)
+IMAGE_STD = (58.395, 57.12, 57.375)
+
+
 class DBNet(nn.Module):
-    """Encoder → decoder → head, with output maps resized to the input when its size is not a multiple of 32."""
+    """Encoder → decoder → head on RGB images with values in 0–255 (uint8 or float).
+
+    Normalisation lives in the model so that data loaders move uint8 (4× less host-to-device traffic) and an
+    exported model needs no separate preprocessing. Output maps are resized to the input when its size is not
+    a multiple of 32.
+    """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, head: nn.Module) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
         self.head = head
+        self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, images: torch.Tensor, return_all: bool | None = None) -> dict[str, torch.Tensor]:
-        out = self.head(self.decoder(self.encoder(images)), return_all=return_all)
+        x = (images.float() - self.mean) / self.std
+        out = self.head(self.decoder(self.encoder(x)), return_all=return_all)
         size = images.shape[-2:]
         if out["prob"].shape[-2:] != size:
             out = {k: F.interpolate(v, size=size, mode="bilinear", align_corners=False) for k, v in out.items()}

@@ -1,0 +1,91 @@
+"""``dbtk clean-data``: report dataset problems by category and write a repaired copy. Never modifies SRC."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+
+@click.command("clean-data")
+@click.argument("src", type=click.Path(exists=True, file_okay=False))
+@click.option("--annotations", type=click.Path(exists=True, dir_okay=True), help="Label file or folder (receipt JSON file; ICDAR gts folder when not SRC/gts).")
+@click.option("--format", "format_name", default=None, help="Dataset format: icdar2015 (default) or receipt-json; any registered reader.")
+@click.option("--out", "out", type=click.Path(file_okay=False), help="Write the repaired copy here.")
+@click.option("--check", is_flag=True, help="Only report; exit 1 if anything is wrong.")
+@click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
+@click.option("--min-size", type=float, default=0.0, show_default=True, help="Mark text whose short side is below this (px) as don't-care.")
+@click.option("--workers", type=int, default=None, help="Processes to use (default: all CPUs).")
+def clean_data(
+    src: str, annotations: str | None, format_name: str | None, out: str | None, check: bool,
+    report: str | None, min_size: float, workers: int | None,
+) -> None:
+    """Scan the dataset at SRC, print problems by category, and (with --out) write a repaired copy.
+
+    Problems are counted per category with examples (file:line): unreadable, corrupt and truncated images,
+    missing label files, bad lines, non-finite or out-of-bounds coordinates, self-intersecting, degenerate and
+    mis-ordered polygons, EXIF-rotated photos. The copy holds upright images and repaired labels; dropped
+    polygons are listed in the report.
+    """
+    from pathlib import Path
+
+    from dbtk.cli import _ui
+    from dbtk.errors import CheckFailed, DbtkError
+
+    if bool(out) == check:
+        raise DbtkError("give exactly one of --out DST and --check", hint="dbtk clean-data SRC --check, or dbtk clean-data SRC --out DST")
+    if out and Path(out).resolve() == Path(src).resolve():
+        raise DbtkError("--out must differ from SRC: clean-data never modifies its input")
+    format_name = format_name or ("receipt-json" if annotations and Path(annotations).is_file() else "icdar2015")
+    _ui.step(f"indexing {src} as {format_name}")
+
+    from dbtk.data import clean
+    from dbtk.recipe import Split
+    from dbtk.registry import registry
+
+    reader = registry.build("dataset", {"name": format_name}, split=Split(src, annotations))
+    result_report = clean.Report(source=src, format=format_name)
+    for problem in reader.problems:
+        result_report.add_problem(problem)
+    writer = clean.Writer(Path(out), format_name) if out else None
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    workers = workers or os.cpu_count() or 1
+    with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_ui.err_console(), transient=True) as progress:
+        task = progress.add_task("scan", total=len(reader))
+        for index, result in clean.scan(reader, workers, min_size):
+            record = reader.records[index]
+            result_report.add_result(result, str(record.annotation_file or ""))
+            if writer is not None:
+                writer.add(reader, index, result)
+            progress.advance(task)
+    if writer is not None:
+        writer.close()
+
+    _print_summary(result_report)
+    if report:
+        import json
+
+        Path(report).write_text(json.dumps(result_report.to_json(), indent=2), encoding="utf-8")
+    if out:
+        _ui.console().print(f"[green]✓[/] repaired copy written to {out} ({result_report.usable_images} images, {result_report.polygons_kept} polygons)")
+    if check and result_report.problem_count:
+        raise CheckFailed(f"{result_report.problem_count} problems found in {src}", hint="write a repaired copy with --out DST")
+
+
+def _print_summary(report) -> None:  # noqa: ANN001 - dbtk.data.clean.Report (imported lazily)
+    from rich.markup import escape
+    from rich.table import Table
+
+    from dbtk.cli import _ui
+
+    table = Table(title=f"{report.source}: {report.images} images, {report.polygons_kept} polygons kept", title_justify="left")
+    table.add_column("problem")
+    table.add_column("count", justify="right")
+    table.add_column("examples")
+    for category, count in sorted(report.counts.items(), key=lambda kv: -kv[1]):
+        table.add_row(category, str(count), escape("\n".join(report.examples[category][:3])))
+    if not report.counts:
+        table.add_row("[green]none[/]", "0", "")
+    _ui.console().print(table)

@@ -1,0 +1,1 @@
+"""Data: readers (formats), polygon repair, image decoding, targets, augmentation, dataset and cache."""

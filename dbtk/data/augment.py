@@ -1,0 +1,118 @@
+"""Geometric and colour augmentation with polygons transformed exactly.
+
+Scale, rotation, crop/placement and LongestMaxSize + pad are composed into one 2×3 affine matrix applied once to
+the pixels (``cv2.warpAffine``) and once to the polygon points, so boxes and pixels cannot drift apart and the
+image is resampled only once. Polygons are then clipped to the output and re-validated by
+:func:`dbtk.data.polygons.repair` (text that became too small turns into don't-care).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from dbtk.recipe import Data
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What the geometry needs from ``[data]``: output size, mode (resize or crop) and random ranges."""
+
+    size: int  # output side
+    crop: bool  # True: crops at native scale; False: LongestMaxSize to `size` + pad
+    random: bool
+    scale_min: float = 1.0
+    scale_max: float = 1.0
+    rotate: float = 0.0
+    color_jitter: float = 0.0
+
+    @classmethod
+    def from_recipe(cls, data: Data, train: bool) -> AugmentConfig:
+        random = train and data.augment
+        return cls(
+            size=data.crop or data.image_size,
+            crop=bool(data.crop),
+            random=random,
+            scale_min=data.scale_min if random else 1.0,
+            scale_max=data.scale_max if random else 1.0,
+            rotate=data.rotate if random else 0.0,
+            color_jitter=data.color_jitter if random else 0.0,
+        )
+
+
+def random_affine(
+    rng: np.random.Generator,
+    width: int,
+    height: int,
+    polygons: list[np.ndarray],
+    ignore: list[bool],
+    config: AugmentConfig,
+) -> np.ndarray:
+    """A 2×3 matrix mapping source pixels into the ``size`` × ``size`` output window."""
+    base = 1.0 if config.crop else config.size / max(width, height)
+    scale = base * float(rng.uniform(config.scale_min, config.scale_max)) if config.random else base
+    angle = np.deg2rad(float(rng.uniform(-config.rotate, config.rotate))) if config.rotate else 0.0
+    cos, sin = np.cos(angle) * scale, np.sin(angle) * scale
+    centre = np.array([width / 2.0, height / 2.0])
+    linear = np.array([[cos, -sin], [sin, cos]])
+    shift = -linear @ centre  # rotate and scale about the image centre
+    corners = np.array([[0, 0], [width, 0], [width, height], [0, height]], dtype=np.float64) @ linear.T + shift
+    low, high = corners.min(axis=0), corners.max(axis=0)
+    extent = high - low
+
+    care = [p for p, ign in zip(polygons, ignore, strict=True) if not ign]
+    if care and (config.crop or config.random) and rng.random() < 0.9:
+        focus = care[int(rng.integers(len(care)))].mean(axis=0) @ linear.T + shift
+    else:
+        focus = low + rng.uniform(0, 1, 2) * extent if config.random else low
+    origin = np.empty(2)
+    for axis in range(2):
+        if extent[axis] <= config.size:
+            # The whole image fits: top-left placement for plain resizing, random placement when augmenting.
+            slack = config.size - extent[axis]
+            origin[axis] = low[axis] - (rng.uniform(0, slack) if config.random else 0.0)
+        else:
+            wanted = focus[axis] - (rng.uniform(0.1, 0.9) if config.random or config.crop else 0.0) * config.size
+            origin[axis] = np.clip(wanted, low[axis], high[axis] - config.size)
+    return np.hstack([linear, (shift - origin)[:, None]])
+
+
+def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    import cv2
+
+    scale = np.sqrt(abs(np.linalg.det(matrix[:, :2])))
+    interpolation = cv2.INTER_AREA if scale < 0.75 else cv2.INTER_LINEAR
+    if interpolation == cv2.INTER_AREA and abs(matrix[0, 1]) < 1e-9 and abs(matrix[1, 0]) < 1e-9:
+        # Pure scale + shift: resize with area averaging first (warpAffine ignores INTER_AREA), then place.
+        sx, sy = matrix[0, 0], matrix[1, 1]
+        resized = cv2.resize(image, None, fx=sx, fy=sy, interpolation=cv2.INTER_AREA)
+        # cv2.resize aligns pixel centres: x_resized = s·x + (s − 1)/2; undo that offset when placing.
+        placed = np.array([[1.0, 0.0, matrix[0, 2] - (sx - 1) / 2], [0.0, 1.0, matrix[1, 2] - (sy - 1) / 2]])
+        return cv2.warpAffine(resized, placed, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+    return cv2.warpAffine(image, matrix, (size, size), flags=interpolation, borderValue=(0, 0, 0))
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Brightness, contrast and saturation jitter, occasionally grayscale; uint8 in, uint8 out."""
+    if strength <= 0:
+        return image
+    import cv2
+
+    img = image.astype(np.float32)
+    if rng.random() < 0.1:
+        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
+        img = np.repeat(gray[..., None], 3, axis=2)
+    else:
+        gray = img.mean(axis=2, keepdims=True)
+        img = gray + (img - gray) * rng.uniform(1 - strength, 1 + strength)  # saturation
+    mean = img.mean()
+    img = (img - mean) * rng.uniform(1 - strength, 1 + strength) + mean  # contrast
+    img = img * rng.uniform(1 - strength, 1 + strength)  # brightness
+    return np.clip(img, 0, 255).astype(np.uint8)

@@ -1,0 +1,245 @@
+"""The training dataset: reader → EXIF + polygon repair → augmentation → DB targets. Never yields ``None``.
+
+A sample that cannot be used (corrupt image, nothing valid left of its labels) is counted by reason, logged once
+per reason, and replaced by another index; the counts travel with each sample so the training loop can report
+them from any number of worker processes.
+
+Indices may exceed the dataset length: index ``g`` is sample ``g % len`` in epoch ``g // len``, and all
+randomness derives from (seed, epoch, sample), so a run is reproducible with any worker count and on resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from dbtk.data.augment import AugmentConfig, color_jitter, random_affine, transform_points, warp
+from dbtk.data.formats import Annotation, RawSample
+from dbtk.data.images import ImageError, orient_points
+from dbtk.data.polygons import repair
+from dbtk.data.targets import make_targets
+from dbtk.errors import DbtkError
+
+if TYPE_CHECKING:
+    from dbtk.recipe import Data
+
+log = logging.getLogger("dbtk.data")
+
+#: Bump when the cached content or its meaning changes: old entries then never match.
+CACHE_VERSION = 1
+#: How many other samples to try before giving up on a batch slot.
+MAX_REPLACEMENTS = 16
+TARGET_KEYS = ("shrink_map", "shrink_mask", "thresh_map", "thresh_mask")
+
+
+class Reader(Protocol):
+    """What the dataset needs from a registered reader (``dbtk.datasets`` entry point)."""
+
+    exif: str
+    problems: list
+
+    def __len__(self) -> int: ...
+    def load(self, index: int) -> RawSample: ...
+    def identity(self, index: int) -> str: ...
+
+
+class SampleError(Exception):
+    """A sample that must be skipped; ``reason`` is its report category."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def clean_annotations(sample: RawSample, exif: str) -> tuple[np.ndarray, list[np.ndarray], list[bool], Counter]:
+    """Orient and repair a raw sample's polygons; returns image, polygons, ignore flags and repair counts."""
+    decoded = sample.decoded
+    image = decoded.image
+    height, width = image.shape[:2]
+    repairs: Counter = Counter()
+    polygons, ignore = [], []
+    for annotation in sample.annotations:
+        points = annotation.points
+        if exif == "stored" and decoded.orientation != 1:
+            points = orient_points(points, decoded.orientation, decoded.stored_size)
+        fixed = repair(points, width, height, ignore=annotation.ignore)
+        repairs.update(r.value for r in fixed.reasons)
+        if not fixed.dropped:
+            polygons.append(fixed.points)
+            ignore.append(fixed.ignore)
+    if sample.annotations and not polygons:
+        raise SampleError("no_valid_polygons", f"{sample.name}: none of its {len(sample.annotations)} polygons is usable")
+    return image, polygons, ignore, repairs
+
+
+class SampleCache:
+    """On-disk cache of prepared samples; the key hashes the source identity, every parameter and a version.
+
+    Entries are ``.npz`` files written atomically (temp file + rename), so a crash never leaves a half entry.
+    """
+
+    def __init__(self, folder: str | Path, parameters: dict[str, Any]) -> None:
+        self.folder = Path(folder).expanduser()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.parameters = json.dumps({"version": CACHE_VERSION, **parameters}, sort_keys=True)
+
+    def key(self, identity: str) -> str:
+        return hashlib.sha256(f"{self.parameters}|{identity}".encode()).hexdigest()
+
+    def get(self, identity: str) -> dict[str, np.ndarray] | None:
+        path = self.folder / f"{self.key(identity)}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError):  # missing, or damaged by something outside dbtk
+            return None
+
+    def put(self, identity: str, arrays: dict[str, np.ndarray]) -> None:
+        path = self.folder / f"{self.key(identity)}.npz"
+        handle, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                np.savez(stream, **arrays)
+            os.replace(tmp, path)
+        except OSError:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def resolve_cache_folder(setting: str) -> Path | None:
+    if setting == "off":
+        return None
+    if setting == "auto":
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        return Path(base) / "dbtk" / "samples"
+    return Path(setting)
+
+
+def _pack_polygons(polygons: list[np.ndarray], ignore: list[bool]) -> dict[str, np.ndarray]:
+    return {
+        "points": np.concatenate(polygons).astype(np.float32) if polygons else np.zeros((0, 2), np.float32),
+        "lengths": np.array([len(p) for p in polygons], dtype=np.int64),
+        "ignore": np.array(ignore, dtype=bool),
+    }
+
+
+def _unpack_polygons(arrays: dict[str, np.ndarray]) -> tuple[list[np.ndarray], list[bool]]:
+    splits = np.cumsum(arrays["lengths"])[:-1]
+    polygons = np.split(arrays["points"], splits) if len(arrays["lengths"]) else []
+    return list(polygons), arrays["ignore"].tolist()
+
+
+class DetectionDataset:
+    """Map-style dataset (usable by ``torch.utils.data.DataLoader``) producing fixed-size training samples."""
+
+    def __init__(self, reader: Reader, data: Data, *, train: bool = True, seed: int = 0) -> None:
+        if len(reader) == 0:
+            raise DbtkError("the dataset is empty", hint="check data.train / data.val and the format")
+        self.reader = reader
+        self.config = AugmentConfig.from_recipe(data, train)
+        self.seed = seed
+        self.shrink_ratio, self.thresh_min, self.thresh_max = data.shrink_ratio, data.thresh_min, data.thresh_max
+        self.min_text_size = data.min_text_size
+        #: Without randomness the whole sample is a pure function of its source: cache targets too.
+        self.deterministic = not self.config.random and not self.config.crop
+        folder = resolve_cache_folder(data.cache)
+        parameters = {"exif": reader.exif, "stage": "full" if self.deterministic else "decoded"}
+        if self.deterministic:
+            parameters.update(
+                size=self.config.size, shrink_ratio=data.shrink_ratio, thresh_min=data.thresh_min,
+                thresh_max=data.thresh_max, min_text_size=data.min_text_size,
+            )
+        self.cache = SampleCache(folder, parameters) if folder else None
+        self._logged: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        skipped: Counter = Counter()
+        n = len(self.reader)
+        epoch, first = divmod(int(index), n)
+        for attempt in range(MAX_REPLACEMENTS):
+            sample_index = (first + attempt * 7919) % n  # a fixed, well-spread replacement order
+            try:
+                sample = self._build(sample_index, epoch)
+            except (ImageError, SampleError) as exc:
+                skipped[exc.reason] += 1
+                self._log_once(exc.reason, str(exc))
+                continue
+            sample["skipped"] = dict(skipped)
+            return sample
+        raise DbtkError(
+            f"{MAX_REPLACEMENTS} samples in a row could not be loaded (last: {', '.join(skipped)})",
+            hint="run 'dbtk clean-data SRC --check' to see what is wrong with the data",
+        )
+
+    def _log_once(self, reason: str, message: str) -> None:
+        if reason not in self._logged:
+            self._logged.add(reason)
+            log.warning("skipping sample (%s): %s; further '%s' samples are counted silently", reason, message, reason)
+
+    def _source(self, index: int) -> tuple[np.ndarray, list[np.ndarray], list[bool], Counter]:
+        identity = self.reader.identity(index) if self.cache else ""
+        if self.cache and not self.deterministic:
+            hit = self.cache.get(identity)
+            if hit is not None:
+                polygons, ignore = _unpack_polygons(hit)
+                return hit["image"], polygons, ignore, Counter()
+        image, polygons, ignore, repairs = clean_annotations(self.reader.load(index), self.reader.exif)
+        if self.cache and not self.deterministic:
+            self.cache.put(identity, {"image": image, **_pack_polygons(polygons, ignore)})
+        return image, polygons, ignore, repairs
+
+    def _build(self, index: int, epoch: int) -> dict[str, Any]:
+        if self.cache and self.deterministic:
+            hit = self.cache.get(self.reader.identity(index))
+            if hit is not None:
+                return {"image": hit["image"], **{k: hit[k] for k in TARGET_KEYS}, "repairs": {}}
+        image, polygons, ignore, repairs = self._source(index)
+        rng = np.random.default_rng([self.seed, epoch, index])
+        height, width = image.shape[:2]
+        matrix = random_affine(rng, width, height, polygons, ignore, self.config)
+        size = self.config.size
+        out_image = color_jitter(warp(image, matrix, size), rng, self.config.color_jitter)
+        out_polygons, out_ignore = [], []
+        for points, is_ignored in zip(polygons, ignore, strict=True):
+            fixed = repair(transform_points(points, matrix), size, size, ignore=is_ignored, min_size=self.min_text_size)
+            if not fixed.dropped:
+                out_polygons.append(fixed.points)
+                out_ignore.append(fixed.ignore)
+        targets = make_targets(out_polygons, out_ignore, size, size, self.shrink_ratio, self.thresh_min, self.thresh_max)
+        sample = {"image": out_image, **targets, "repairs": dict(repairs)}
+        if self.cache and self.deterministic:
+            self.cache.put(self.reader.identity(index), {"image": out_image, **targets})
+        return sample
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack fixed-size samples: ``images`` uint8 (B, 3, H, W) — normalised on the device — and float maps."""
+    import torch
+
+    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    batch: dict[str, Any] = {"images": images}
+    for key in TARGET_KEYS:
+        batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
+    skipped: Counter = Counter()
+    repairs: Counter = Counter()
+    for s in samples:
+        skipped.update(s["skipped"])
+        repairs.update(s["repairs"])
+    batch["skipped"] = dict(skipped)
+    batch["repairs"] = dict(repairs)
+    return batch
+
+
+def annotations_of(polygons: list[np.ndarray], ignore: list[bool]) -> list[Annotation]:
+    """Polygons back into annotation records (for writers such as clean-data)."""
+    return [Annotation(p.astype(np.float64), "###" if ign else "", ign) for p, ign in zip(polygons, ignore, strict=True)]

@@ -1,0 +1,181 @@
+"""Image decoding with the checks training needs: corrupt and truncated files, size limits, EXIF orientation.
+
+Pixels are decoded as stored (``IMREAD_IGNORE_ORIENTATION``) and the EXIF orientation is then applied to the
+pixels *and* to the polygons with the same transform, so boxes can never end up rotated against their image.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+#: Images above this many pixels are refused before decoding (decompression-bomb guard, ~ 16k × 12k).
+MAX_PIXELS = 200_000_000
+
+
+class ImageError(Exception):
+    """An image that cannot be used; ``reason`` is a short code for reports (``corrupt``, ``truncated`` ...)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Decoded:
+    image: np.ndarray  # H×W×3 uint8 RGB, in display orientation
+    orientation: int  # EXIF orientation that was applied (1 = none)
+    stored_size: tuple[int, int]  # (width, height) as stored in the file, before orientation
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Decoded:
+    """Decode an image file to RGB uint8 with EXIF orientation applied; raises :class:`ImageError`."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError("unreadable", f"{path}: {exc.strerror or exc}") from None
+    return decode_image(data, str(path), max_pixels)
+
+
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> Decoded:
+    import cv2
+
+    if not data:
+        raise ImageError("empty", f"{name}: empty file")
+    size = header_size(data)
+    if size is not None and size[0] * size[1] > max_pixels:
+        raise ImageError("too_large", f"{name}: {size[0]}×{size[1]} exceeds the {max_pixels:,}-pixel limit")
+    if is_truncated(data):
+        raise ImageError("truncated", f"{name}: file is truncated")
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    if image is None or image.size == 0:
+        raise ImageError("corrupt", f"{name}: not a decodable image")
+    image = _to_rgb8(image)
+    stored = (image.shape[1], image.shape[0])
+    orientation = exif_orientation(data)
+    return Decoded(apply_orientation(image, orientation), orientation, stored)
+
+
+def _to_rgb8(image: np.ndarray) -> np.ndarray:
+    """Grayscale, alpha, 16-bit and CMYK-decoded images all become 3-channel 8-bit RGB."""
+    import cv2
+
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = cv2.normalize(image, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if image.ndim == 2:
+        return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    if image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGB)
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def is_truncated(data: bytes) -> bool:
+    """JPEGs must end with the EOI marker and PNGs with an IEND chunk (trailing padding allowed)."""
+    if data[:2] == b"\xff\xd8":
+        return b"\xff\xd9" not in data[-1024:]
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return b"IEND" not in data[-64:]
+    return False
+
+
+def header_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG SOF or PNG IHDR header without decoding; None for other formats."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
+        return struct.unpack(">II", data[16:24])
+    if data[:2] != b"\xff\xd8":
+        return None
+    pos = 2
+    while pos + 9 < len(data):
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            pos += 2
+            continue
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[pos + 5 : pos + 9])
+            return width, height
+        pos += 2 + length
+    return None
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1–8) of a JPEG, 1 when absent or unreadable."""
+    if data[:2] != b"\xff\xd8":
+        return 1
+    pos = 2
+    while pos + 4 < len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
+        if marker == 0xE1 and data[pos + 4 : pos + 10] == b"Exif\x00\x00":
+            return _tiff_orientation(data[pos + 10 : pos + 2 + length])
+        if marker == 0xDA:  # start of scan: no more metadata
+            break
+        pos += 2 + length
+    return 1
+
+
+def _tiff_orientation(tiff: bytes) -> int:
+    if len(tiff) < 8 or tiff[:2] not in (b"II", b"MM"):
+        return 1
+    endian = "<" if tiff[:2] == b"II" else ">"
+    (ifd,) = struct.unpack(endian + "I", tiff[4:8])
+    if ifd + 2 > len(tiff):
+        return 1
+    (count,) = struct.unpack(endian + "H", tiff[ifd : ifd + 2])
+    for i in range(count):
+        entry = ifd + 2 + 12 * i
+        if entry + 12 > len(tiff):
+            break
+        tag, _type, _count = struct.unpack(endian + "HHI", tiff[entry : entry + 8])
+        if tag == 0x0112:
+            (value,) = struct.unpack(endian + "H", tiff[entry + 8 : entry + 10])
+            return value if 1 <= value <= 8 else 1
+    return 1
+
+
+def apply_orientation(image: np.ndarray, orientation: int) -> np.ndarray:
+    """Rotate/flip stored pixels into display orientation (EXIF semantics)."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1, :],
+        5: lambda a: a.transpose(1, 0, 2),
+        6: lambda a: a.transpose(1, 0, 2)[:, ::-1],
+        7: lambda a: a.transpose(1, 0, 2)[::-1, ::-1],
+        8: lambda a: a.transpose(1, 0, 2)[::-1, :],
+    }
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(image)) if op else image
+
+
+def orient_points(points: np.ndarray, orientation: int, stored_size: tuple[int, int]) -> np.ndarray:
+    """Map points from stored-pixel coordinates to display coordinates, matching :func:`apply_orientation`.
+
+    Mirroring orientations (2, 4, 5, 7) would reverse a polygon's winding; the point order is reversed back so a
+    clockwise polygon stays clockwise.
+    """
+    width, height = stored_size
+    x, y = points[..., 0], points[..., 1]
+    mapping = {
+        2: (width - x, y),
+        3: (width - x, height - y),
+        4: (x, height - y),
+        5: (y, x),
+        6: (height - y, x),
+        7: (height - y, width - x),
+        8: (y, width - x),
+    }
+    if orientation not in mapping:
+        return points
+    nx, ny = mapping[orientation]
+    oriented = np.stack([nx, ny], axis=-1).astype(points.dtype)
+    return oriented[..., ::-1, :] if orientation in (2, 4, 5, 7) else oriented
+

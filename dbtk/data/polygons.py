@@ -1,0 +1,143 @@
+"""The one place polygons are validated and repaired — training, ``clean-data`` and eval all call :func:`repair`.
+
+A polygon comes out in one of three states: kept (possibly repaired), turned into a don't-care region (too
+small to learn from), or dropped (nothing usable is left). Every change is recorded as a :class:`Reason` so
+callers can count and report them.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class Reason(str, enum.Enum):
+    """Why a polygon was changed or dropped. The string values appear in reports and logs."""
+
+    NON_FINITE = "non_finite"  # NaN or inf coordinates: dropped
+    TOO_FEW_POINTS = "too_few_points"  # fewer than 3 distinct points: dropped
+    DUPLICATE_POINTS = "duplicate_points"  # repeated consecutive points removed
+    ZERO_AREA = "zero_area"  # (near) zero area: dropped
+    SELF_INTERSECTION = "self_intersection"  # made valid, largest part kept
+    ORIENTATION = "orientation"  # reversed to clockwise (in image coordinates)
+    OUT_OF_BOUNDS = "out_of_bounds"  # clipped to the image
+    OUTSIDE_IMAGE = "outside_image"  # nothing left inside the image: dropped
+    TINY = "tiny"  # shorter side below min_size: kept as don't-care
+
+
+#: Reasons after which nothing is left of the polygon.
+DROPPED = frozenset({Reason.NON_FINITE, Reason.TOO_FEW_POINTS, Reason.ZERO_AREA, Reason.OUTSIDE_IMAGE})
+#: Area below which a polygon is treated as a line or a point (in square pixels).
+MIN_AREA = 1e-3
+
+
+@dataclass(frozen=True)
+class Repaired:
+    """Outcome of :func:`repair`: ``points`` is None when the polygon was dropped."""
+
+    points: np.ndarray | None  # (N, 2) float32, clockwise in image coordinates (positive shoelace area)
+    ignore: bool
+    reasons: tuple[Reason, ...]
+
+    @property
+    def dropped(self) -> bool:
+        return self.points is None
+
+
+def signed_area(points: np.ndarray) -> float:
+    """Shoelace area; positive for clockwise order in image coordinates (y pointing down)."""
+    x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
+    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+
+
+def short_side(points: np.ndarray) -> float:
+    """Shorter side of the polygon's minimum-area rectangle: the text height for a text line."""
+    import cv2
+
+    (_, _), (w, h), _ = cv2.minAreaRect(points.astype(np.float32))
+    return float(min(w, h))
+
+
+def repair(
+    points: np.ndarray | list,
+    width: int | None = None,
+    height: int | None = None,
+    *,
+    ignore: bool = False,
+    min_size: float = 0.0,
+) -> Repaired:
+    """Validate and repair one polygon against an image of ``width`` × ``height`` (no clipping when None)."""
+    reasons: list[Reason] = []
+    pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if np.size(points) else np.zeros((0, 2))
+    if not np.isfinite(pts).all():
+        return Repaired(None, ignore, (Reason.NON_FINITE,))
+
+    deduped = _drop_repeats(pts)
+    if len(deduped) != len(pts):
+        reasons.append(Reason.DUPLICATE_POINTS)
+    pts = deduped
+    if len(pts) < 3:
+        return Repaired(None, ignore, (*reasons, Reason.TOO_FEW_POINTS))
+    import shapely
+
+    polygon = shapely.Polygon(pts)
+    if polygon.is_valid:
+        if polygon.area < MIN_AREA:
+            return Repaired(None, ignore, (*reasons, Reason.ZERO_AREA))
+        if signed_area(pts) < 0:
+            reasons.append(Reason.ORIENTATION)
+    else:
+        polygon = _largest_part(shapely.make_valid(polygon))
+        if polygon is None or polygon.area < MIN_AREA:  # collinear or collapsed: nothing to keep
+            return Repaired(None, ignore, (*reasons, Reason.ZERO_AREA))
+        reasons.append(Reason.SELF_INTERSECTION)
+        pts = _exterior(polygon)
+
+    if width is not None and height is not None:
+        inside = (pts[:, 0] >= 0).all() and (pts[:, 1] >= 0).all() and (pts[:, 0] <= width).all() and (pts[:, 1] <= height).all()
+        if not inside:
+            clipped = _largest_part(polygon.intersection(shapely.box(0, 0, width, height)))
+            if clipped is None or clipped.area < MIN_AREA:
+                return Repaired(None, ignore, (*reasons, Reason.OUTSIDE_IMAGE))
+            reasons.append(Reason.OUT_OF_BOUNDS)
+            pts = _exterior(clipped)
+
+    if signed_area(pts) < 0:  # input order, or whatever order shapely returned: always clockwise out
+        pts = pts[::-1]
+    pts32 = pts.astype(np.float32)
+    if not ignore and min_size > 0 and short_side(pts32) < min_size:
+        reasons.append(Reason.TINY)
+        ignore = True
+    return Repaired(pts32, ignore, tuple(reasons))
+
+
+def _drop_repeats(pts: np.ndarray) -> np.ndarray:
+    """Remove consecutive duplicates (including last == first, a closed ring written out)."""
+    if len(pts) < 2:
+        return pts
+    keep = np.any(np.abs(pts - np.roll(pts, 1, axis=0)) > 1e-6, axis=1)
+    if not keep.any():
+        return pts[:1]
+    return pts[keep]
+
+
+def _largest_part(geometry):  # noqa: ANN001, ANN202 - shapely geometry in, Polygon or None out
+    """The largest polygon inside any (multi-part, collection) geometry, or None."""
+    import shapely
+
+    polygons, stack = [], [geometry]
+    while stack:
+        geom = stack.pop()
+        if isinstance(geom, shapely.Polygon):
+            if not geom.is_empty:
+                polygons.append(geom)
+        elif hasattr(geom, "geoms"):
+            stack.extend(geom.geoms)
+    return max(polygons, key=lambda g: g.area) if polygons else None
+
+
+def _exterior(polygon) -> np.ndarray:  # noqa: ANN001 - shapely Polygon
+    coords = np.asarray(polygon.exterior.coords, dtype=np.float64)[:-1]
+    return _drop_repeats(coords)
