@@ -354,9 +354,24 @@ def _recipe_error(exc: ClassValidationError, source: str) -> RecipeError:
 def structure(data: Mapping[str, Any], source: str = "") -> Recipe:
     """Build a validated :class:`Recipe` from a parsed TOML mapping; raises :class:`RecipeError`."""
     try:
-        return converter.structure(dict(data), Recipe)
+        return converter.structure(_with_component_defaults(dict(data), Recipe), Recipe)
     except ClassValidationError as exc:
         raise _recipe_error(exc, source) from exc
+
+
+def _with_component_defaults(data: dict[str, Any], cls: type) -> dict[str, Any]:
+    """A component table written without ``name`` configures the default component (``[model.decoder]
+    channels = 128`` keeps ``fpn`` and its other defaults), exactly as a ``--set`` override does."""
+    defaults = cls()
+    for f in attrs.fields(cls):
+        value = data.get(f.name)
+        if not isinstance(value, dict):
+            continue
+        if f.type is Component and "name" not in value:
+            data[f.name] = {**getattr(defaults, f.name).as_table(), **value}
+        elif attrs.has(f.type) and f.type not in (Split, Component):
+            data[f.name] = _with_component_defaults(dict(value), f.type)
+    return data
 
 
 def unstructure(recipe: Recipe) -> dict[str, Any]:

@@ -21,8 +21,10 @@ from dbtk.errors import DbtkError
 #: Command name -> "module:attribute". One module per command; nothing here is imported until needed.
 COMMANDS: dict[str, str] = {
     "clean-data": "dbtk.cli.clean_data:clean_data",
+    "eval": "dbtk.cli.eval:eval_command",
     "models": "dbtk.cli.models:models",
     "plugins": "dbtk.cli.plugins:plugins",
+    "predict": "dbtk.cli.predict:predict",
     "profile-imports": "dbtk.cli.profile_imports:profile_imports",
     "recipe": "dbtk.cli.recipe:recipe",
 }

@@ -1,0 +1,140 @@
+"""``dbtk eval``: ICDAR2015 precision / recall / hmean of a checkpoint, or of existing prediction files."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("eval")
+@click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Split to score against (ICDAR2015 folder, or images folder with --annotations).")
+@click.option("--annotations", type=click.Path(exists=True), help="Label file (receipt JSON) or label folder.")
+@click.option("--format", "format_name", default=None, help="Dataset format (default: icdar2015, or receipt-json with an annotation file).")
+@click.option("--pred", "pred_dir", type=click.Path(exists=True, file_okay=False), help="Score these prediction txt files instead of running a checkpoint.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override the checkpoint recipe's eval/postprocess keys, e.g. postprocess.box_thresh=0.5.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (summary and per-image scores) instead of tables.")
+@click.option("--vis", "vis_dir", type=click.Path(file_okay=False), help="Write overlays of misses and false positives for the worst images here.")
+@click.option("--worst", default=5, show_default=True, help="How many of the worst images to list (and draw with --vis).")
+def eval_command(
+    checkpoint: str | None, data: str, annotations: str | None, format_name: str | None, pred_dir: str | None,
+    device: str, overrides: tuple[str, ...], as_json: bool, vis_dir: str | None, worst: int,
+) -> None:
+    """Score CHECKPOINT on --data (or score prediction files given with --pred).
+
+    Metric: ICDAR2015 IoU protocol — one-to-one matches at IoU > 0.5, detections mostly inside '###' regions
+    ignored, precision/recall/hmean micro-averaged over the set.
+    """
+    from pathlib import Path
+
+    from dbtk.cli import _ui
+    from dbtk.errors import DbtkError
+
+    if bool(checkpoint) == bool(pred_dir):
+        raise DbtkError("give a CHECKPOINT or --pred DIR (one of them)", hint="dbtk eval runs/x/checkpoints/best.safetensors --data data/val")
+    reader = _reader(data, annotations, format_name)
+    if pred_dir:
+        from dbtk.infer.evaluate import evaluate_folder
+
+        result = _with_progress(len(reader), "scoring", lambda tick: evaluate_folder(Path(pred_dir), reader, tick), as_json)
+    else:
+        if not as_json:
+            _ui.step(f"loading {checkpoint} (imports torch)...")
+        from dbtk.infer.detector import Detector
+        from dbtk.infer.evaluate import evaluate_detector
+
+        detector = Detector.from_checkpoint(checkpoint, device=device)
+        _apply_overrides(detector, overrides)
+        result = _with_progress(len(reader), "evaluating", lambda tick: evaluate_detector(detector, reader, tick), as_json)
+        if vis_dir:
+            _write_overlays(detector, reader, result, Path(vis_dir), worst)
+
+    if as_json:
+        _ui.print_json(result.as_dict())
+        return
+    _print_summary(result, worst)
+
+
+def _reader(data: str, annotations: str | None, format_name: str | None):  # noqa: ANN202
+    from pathlib import Path
+
+    from dbtk.recipe import Split
+    from dbtk.registry import registry
+
+    format_name = format_name or ("receipt-json" if annotations and Path(annotations).is_file() else "icdar2015")
+    return registry.build("dataset", {"name": format_name}, split=Split(data, annotations))
+
+
+def _apply_overrides(detector, overrides: tuple[str, ...]) -> None:  # noqa: ANN001
+    """Re-tune post-processing or the inference size without retraining (e.g. a box_thresh sweep)."""
+    from dbtk import recipe as recipes
+
+    if not overrides:
+        return
+    data = recipes.unstructure(detector.recipe)
+    for override in overrides:
+        recipes.apply_override(data, override)
+    resolved = recipes.structure(data, source="--set")
+    detector.recipe = resolved
+    detector.postprocess = resolved.postprocess
+    detector.long_side = resolved.eval.long_side
+    detector.batch_size = resolved.eval.batch_size
+
+
+def _with_progress(total: int, label: str, run, as_json: bool):  # noqa: ANN001, ANN202
+    if as_json:
+        return run(None)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from dbtk.cli import _ui
+
+    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_ui.err_console(), transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        return run(lambda: progress.advance(task))
+
+
+def _print_summary(result, worst: int) -> None:  # noqa: ANN001
+    from rich.table import Table
+
+    from dbtk.cli import _ui
+
+    s = result.summary
+    table = Table(title="ICDAR2015 detection", title_justify="left")
+    for column in ("precision", "recall", "hmean", "matched", "gt (care)", "det (care)", "images", "images/s"):
+        table.add_column(column, justify="right")
+    rate = f"{s.images / result.seconds:.2f}" if result.seconds else "-"
+    table.add_row(f"{s.precision:.4f}", f"{s.recall:.4f}", f"[bold]{s.hmean:.4f}[/]", str(s.matched), str(s.gt_care), str(s.det_care), str(s.images), rate)
+    _ui.console().print(table)
+    if result.images and worst:
+        low = Table(title=f"worst {min(worst, len(result.images))} images", title_justify="left")
+        for column in ("image", "hmean", "missed", "false positives"):
+            low.add_column(column, justify="left" if column == "image" else "right")
+        for score in result.worst(worst):
+            low.add_row(score.name, f"{score.hmean:.3f}", str(len(score.missed)), str(len(score.false_positives)))
+        _ui.console().print(low)
+    for problem in result.problems[:10]:
+        _ui.warn(f"{problem.where()}: {problem.reason}: {problem.detail}")
+
+
+def _write_overlays(detector, reader, result, folder, worst: int) -> None:  # noqa: ANN001
+    from pathlib import Path
+
+    import cv2
+
+    from dbtk.cli import _ui
+    from dbtk.infer.evaluate import draw_overlay, ground_truth
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = {score.name: score for score in result.worst(worst)}
+    for index in range(len(reader)):
+        if reader.name(index) not in names:
+            continue
+        sample = reader.load(index)
+        decoded = sample.decoded
+        orientation = decoded.orientation if reader.exif == "stored" else 1
+        gt_points, gt_ignore = ground_truth(sample.annotations, orientation, decoded.stored_size)
+        detections = detector.detect_arrays([decoded.image])[0]
+        overlay = draw_overlay(decoded.image, detections, names[sample.name], gt_points, gt_ignore)
+        cv2.imwrite(str(folder / f"{Path(sample.name).stem}.jpg"), overlay)
+    _ui.console().print(f"overlays of the {len(names)} worst images written to {folder} (green: matched ground truth, orange: missed, red: false positive)")
+

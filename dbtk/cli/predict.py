@@ -1,0 +1,64 @@
+"""``dbtk predict``: detect text in images with a checkpoint; JSON (and optionally ICDAR txt) per image."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--out", "out_dir", default="predictions", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--format", "out_format", type=click.Choice(["json", "icdar", "receipt-json"]), default="json", show_default=True,
+              help="json: NAME.json per image; icdar: res_NAME.txt per image (x1,y1,...,score); receipt-json: one predictions.json in the competition shape.")
+@click.option("--vis", is_flag=True, help="Also write NAME_vis.jpg overlays.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option("--batch-size", type=int, default=None, help="Images per forward pass (default: the recipe's eval.batch_size).")
+def predict(checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: str, vis: bool, device: str, batch_size: int | None) -> None:
+    """Detect text in IMAGES (files, folders or globs) with CHECKPOINT.
+
+    The model is loaded once; images that cannot be read are reported and skipped.
+    """
+    from pathlib import Path
+
+    from dbtk.cli import _ui
+    from dbtk.data.formats import image_files
+
+    paths = image_files(images)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _ui.step(f"loading {checkpoint} (imports torch)...")
+
+    import cv2
+
+    from dbtk.data.images import ImageError, read_image
+    from dbtk.infer.detector import Detector
+    from dbtk.infer.evaluate import detections_json, draw_overlay, icdar_lines, receipt_words, write_json
+
+    detector = Detector.from_checkpoint(checkpoint, device=device)
+    receipt: dict = {}
+    failed = 0
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_ui.err_console(), transient=True) as progress:
+        task = progress.add_task("predict", total=len(paths))
+        for path in paths:
+            progress.advance(task)
+            try:
+                image = read_image(path).image
+            except ImageError as exc:
+                _ui.warn(str(exc))
+                failed += 1
+                continue
+            detections = detector.detect_arrays([image], batch_size)[0]
+            if out_format == "json":
+                write_json(out / f"{path.stem}.json", detections_json(path.name, (image.shape[1], image.shape[0]), detections))
+            elif out_format == "icdar":
+                (out / f"res_{path.stem}.txt").write_text(icdar_lines(detections), encoding="utf-8")
+            else:
+                receipt[path.name] = receipt_words(detections)
+            if vis:
+                cv2.imwrite(str(out / f"{path.stem}_vis.jpg"), draw_overlay(image, detections))
+    if out_format == "receipt-json":
+        write_json(out / "predictions.json", {"images": receipt})
+    _ui.console().print(f"[green]✓[/] {len(paths) - failed} images → {out}" + (f" ({failed} unreadable)" if failed else ""))

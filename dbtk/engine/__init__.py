@@ -1,0 +1,1 @@
+"""Training engine: device selection, checkpoints, the training loop."""

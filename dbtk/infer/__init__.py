@@ -1,0 +1,1 @@
+"""Inference and evaluation: post-processing, the ICDAR2015 metric and the Detector."""
