@@ -11,7 +11,7 @@ import pytest
 from dbtk import recipe as recipes
 from dbtk.data.formats import ICDAR2015
 from dbtk.infer.metrics import evaluate_image, summarize
-from dbtk.infer.postprocess import boxes_from_map, order_box
+from dbtk.infer.postprocess import boxes_from_map, order_boxes
 from tests.conftest import run_dbtk
 from tests.data_fixtures import jpeg_bytes, text_image, write_icdar
 
@@ -171,9 +171,12 @@ def test_polygon_mode_and_exact_scores() -> None:
     assert polygon.scores[0] == pytest.approx(0.9)
 
 
-def test_order_box_is_clockwise_from_top_left() -> None:
-    shuffled = np.array([[10, 10], [0, 0], [0, 10], [10, 0]], np.float32)
-    assert order_box(shuffled).tolist() == [[0, 0], [10, 0], [10, 10], [0, 10]]
+def test_order_boxes_is_clockwise_from_top_left() -> None:
+    counter_clockwise = np.array([[10, 10], [10, 0], [0, 0], [0, 10]], np.float32)
+    clockwise_from_bottom = np.array([[0, 10], [0, 0], [10, 0], [10, 10]], np.float32)
+    expected = [[0, 0], [10, 0], [10, 10], [0, 10]]
+    ordered = order_boxes(np.stack([counter_clockwise, clockwise_from_bottom]))
+    assert ordered[0].tolist() == expected and ordered[1].tolist() == expected
 
 
 # ---------------------------------------------------------------------------------------------- detector and CLIs
