@@ -168,6 +168,8 @@ class Train:
     workers: int = _field(4, "data-loader worker processes", at_least(0))
     device: str = _field("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'")
     val_every: int = _field(1, "validate every N epochs (0 = never)", at_least(0))
+    val_every_steps: int = _field(0, "also validate every N optimizer steps (0 = off)", at_least(0))
+    checkpoint_every: int = _field(500, "write checkpoints/last every N optimizer steps, besides each epoch end (0 = epoch ends only)", at_least(0))
     log_every: int = _field(10, "log metrics every N optimizer steps (the only host syncs in the loop)", at_least(1))
     max_bad_steps: int = _field(20, "stop after this many consecutive non-finite steps", at_least(1))
     compile: bool = _field(False, "apply torch.compile to the model (lazily, on the first step)")

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "predict": "dbtk.cli.predict:predict",
     "profile-imports": "dbtk.cli.profile_imports:profile_imports",
     "recipe": "dbtk.cli.recipe:recipe",
+    "train": "dbtk.cli.train:train",
 }
 
 

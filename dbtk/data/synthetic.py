@@ -22,7 +22,7 @@ _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 
 
 class SyntheticText:
-    """``count`` images of ``width`` × ``height`` with 3–``max_lines`` text lines each.
+    """``count`` images (``val_count`` for the split named "val") of ``width`` × ``height``, 3–``max_lines`` lines each.
 
     Lines get random fonts, sizes (``min_height``–``max_height`` px), colours, a shared page rotation up to
     ``rotate`` degrees, background gradients or noise textures, blur and sensor noise.
@@ -35,6 +35,7 @@ class SyntheticText:
         self,
         split: Split | None = None,
         count: int = 128,
+        val_count: int = 32,
         width: int = 320,
         height: int = 320,
         max_lines: int = 8,
@@ -44,7 +45,7 @@ class SyntheticText:
         seed: int = 0,
     ) -> None:
         name = split.images if split is not None else "train"
-        self.count = count
+        self.count = val_count if name == "val" else count
         self.width, self.height = width, height
         self.max_lines = max_lines
         self.min_height, self.max_height = min_height, max_height

@@ -31,24 +31,53 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
         write(tmp)
         with open(tmp, "rb") as stream:
             os.fsync(stream.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; checkpoints are ordinary files
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def save_weights(path: str | Path, model: torch.nn.Module, recipe: recipes.Recipe, extra: dict[str, str] | None = None) -> None:
-    """Write the model's weights plus the resolved recipe and dbtk version, atomically."""
+def save_weights(
+    path: str | Path, model: torch.nn.Module, recipe: recipes.Recipe, training_state: object | None = None
+) -> None:
+    """Write the model's weights, the resolved recipe and dbtk version — and optionally the training state
+    (optimizer, scheduler, scaler, RNGs, position) in the same file, so weights and state can never disagree."""
     from safetensors.torch import save_file
 
+    from dbtk.engine import state
+
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "dbtk_version": dbtk.__version__, "recipe": recipes.dumps(recipe), **(extra or {})}
+    metadata = {"format": FORMAT, "dbtk_version": dbtk.__version__, "recipe": recipes.dumps(recipe)}
+    if training_state is not None:
+        state_tensors, state_json = state.flatten(training_state)
+        tensors.update(state_tensors)
+        metadata["train_state"] = state_json
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
-def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], recipes.Recipe, dict[str, str]]:
-    """Tensors, recipe and metadata of a dbtk weights file, with a clear error for anything else."""
+def read_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], recipes.Recipe, object]:
+    """Weights, recipe and training state of a ``checkpoints/last.safetensors`` file."""
+    from dbtk.engine import state
+
+    tensors, recipe, metadata = read_weights(path, keep_state=True)
+    if "train_state" not in metadata:
+        raise DbtkError(f"{path} holds weights only, no training state to resume from", hint="resume from checkpoints/last.safetensors")
+    state_tensors = {k: v for k, v in tensors.items() if k.startswith(state.PREFIX)}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(state.PREFIX)}
+    return weights, recipe, state.unflatten(state_tensors, metadata["train_state"])
+
+
+def read_weights(path: str | Path, keep_state: bool = False) -> tuple[dict[str, torch.Tensor], recipes.Recipe, dict[str, str]]:
+    """Tensors, recipe and metadata of a dbtk weights file, with a clear error for anything else.
+
+    Training-state tensors are left out unless ``keep_state``.
+    """
     from safetensors import SafetensorError, safe_open
+
+    from dbtk.engine.state import PREFIX
 
     path = Path(path)
     if not path.is_file():
@@ -56,7 +85,7 @@ def read_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], recipes.Rec
     try:
         with safe_open(str(path), framework="pt", device="cpu") as reader:
             metadata = reader.metadata() or {}
-            tensors = {key: reader.get_tensor(key) for key in reader.keys()}
+            tensors = {key: reader.get_tensor(key) for key in reader.keys() if keep_state or not key.startswith(PREFIX)}
     except (SafetensorError, OSError, ValueError) as exc:
         raise DbtkError(
             f"{path} is not a readable safetensors file ({exc})",

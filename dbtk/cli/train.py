@@ -1,0 +1,61 @@
+"""``dbtk train``: train a DBNet from a recipe into a run folder."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. train.lr=5e-4.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Run folder (default: runs/NAME).")
+@click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[CHECKPOINT]",
+              help="Continue a run: from RUN/checkpoints/last.safetensors, or from the given checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Validate the recipe, build everything, print the plan, and stop.")
+@click.option("--device", default=None, help="Override train.device (auto, cpu, cuda, cuda:N, mps).")
+def train(recipe_path: str, overrides: tuple[str, ...], out_dir: str | None, resume: str | None, dry_run: bool, device: str | None) -> None:
+    """Train with RECIPE (a TOML file; see 'dbtk recipe keys').
+
+    Writes RUN/recipe.toml (resolved), RUN/metrics.jsonl, RUN/checkpoints/{last,best}.safetensors and
+    RUN/curves.png. Ctrl-C saves checkpoints/last.safetensors and exits with code 130; --resume continues.
+    """
+    from pathlib import Path
+
+    from dbtk import recipe as recipes
+    from dbtk.cli import _ui
+    from dbtk.errors import DbtkError
+
+    _ui.step(f"reading {recipe_path}")
+    recipe = recipes.load(recipe_path, overrides)
+    run_dir = Path(out_dir) if out_dir else Path("runs") / recipe.name
+    resume_from = None
+    if resume is not None:
+        resume_from = Path(resume) if resume else run_dir / "checkpoints" / "last.safetensors"
+        if not resume_from.is_file():
+            raise DbtkError(f"nothing to resume: {resume_from} does not exist", hint="start without --resume, or pass the checkpoint path")
+    elif (run_dir / "checkpoints" / "last.safetensors").exists() and not dry_run:
+        raise DbtkError(f"{run_dir} already holds a run", hint=f"continue it with --resume, or choose another folder with --out")
+    _ui.step("building model and data (imports torch)...")
+    from dbtk.engine.trainer import Trainer
+
+    trainer = Trainer(recipe, run_dir, resume_from=resume_from, device=device)
+    plan = (
+        f"{len(trainer.dataset)} training images, {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps "
+        f"(batch {recipe.train.batch_size} × accumulate {recipe.train.accumulate}), {recipe.train.precision} on {trainer.device}"
+        + (f", resuming at step {trainer.position.step}" if resume_from else "")
+    )
+    _ui.step(plan)
+    if dry_run:
+        _ui.console().print(f"[green]✓[/] dry run: recipe, components and data are ready; run folder would be {run_dir}")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.toml").write_text(recipes.dumps(recipe), encoding="utf-8")
+    try:
+        trainer.run()
+    except KeyboardInterrupt:
+        _ui.warn(f"interrupted at step {trainer.position.step}: saved {run_dir / 'checkpoints' / 'last.safetensors'}; continue with --resume")
+        raise SystemExit(130) from None
+    best = f", best val hmean {trainer.best_hmean:.4f}" if trainer.best_hmean >= 0 else ""
+    _ui.console().print(f"[green]✓[/] finished {trainer.position.step} steps{best}; run folder {run_dir}")
+    if trainer.skipped:
+        _ui.warn("skipped samples: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.skipped.items())))
