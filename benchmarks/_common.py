@@ -30,3 +30,27 @@ def simulated_probability(shape: tuple[int, int], polygons: list[np.ndarray], rn
     prob = cv2.GaussianBlur(prob, (5, 5), 1.5)
     prob += (rng.random((h, w)) < specks) * rng.uniform(0.3, 0.9, (h, w)).astype(np.float32)
     return np.clip(prob, 0, 1).astype(np.float32)
+
+
+def median_run(fn, repeat: int):  # noqa: ANN001, ANN201 - (median seconds, output of the last run)
+    """Run ``fn`` ``repeat`` times; return the median wall time and the last output."""
+    import statistics
+    import time
+
+    samples, output = [], None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        output = fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), output
+
+
+def standard_arguments(doc: str):  # noqa: ANN201 - argparse.Namespace with data, repeat, markdown
+    """--data (default: docs-dev val), --repeat and --markdown, shared by the data-driven benchmarks."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--data", default=str(DOCS_VAL))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--markdown", action="store_true")
+    return parser.parse_args()

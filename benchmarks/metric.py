@@ -7,12 +7,8 @@ misses and don't-care overlaps all occur. Goal: dbtk >= 10x faster, identical nu
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import numpy as np
-from _common import DOCS_VAL, machine
+from _common import machine, median_run, standard_arguments
 
 from dbtk.data.formats import ICDAR2015
 from dbtk.infer.metrics import evaluate_image, summarize
@@ -20,11 +16,7 @@ from dbtk.recipe import Split
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DOCS_VAL))
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args()
+    args = standard_arguments(__doc__)
     from text_det_metric import TextDetMetric
 
     rng = np.random.default_rng(0)
@@ -49,12 +41,7 @@ def main() -> None:
 
     timings, outputs = {}, {}
     for name, fn in (("dbtk", run_dbtk), ("text-det-metric", run_reference)):
-        samples = []
-        for _ in range(args.repeat):
-            start = time.perf_counter()
-            outputs[name] = fn()
-            samples.append(time.perf_counter() - start)
-        timings[name] = statistics.median(samples)
+        timings[name], outputs[name] = median_run(fn, args.repeat)
     ours = outputs["dbtk"]
     matched = sum(r["detMatched"] for r in outputs["text-det-metric"])
     gt = sum(r["gtCare"] for r in outputs["text-det-metric"])

@@ -9,12 +9,8 @@ box scores. Goal: dbtk >= 3x faster with the same boxes.
 
 from __future__ import annotations
 
-import argparse
-import statistics
-import time
-
 import numpy as np
-from _common import DOCS_VAL, machine, simulated_probability
+from _common import machine, median_run, simulated_probability, standard_arguments
 
 from dbtk.data.formats import ICDAR2015
 from dbtk.infer.metrics import evaluate_image
@@ -38,11 +34,7 @@ def agreement(ours: list[list[np.ndarray]], theirs: list[list[np.ndarray]]) -> t
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DOCS_VAL))
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--markdown", action="store_true")
-    args = parser.parse_args()
+    args = standard_arguments(__doc__)
     from rapidocr_onnxruntime.ch_ppocr_det.utils import DBPostProcess
 
     reader = ICDAR2015(Split(args.data))
@@ -65,12 +57,7 @@ def main() -> None:
 
         timings, outputs = {}, {}
         for name, fn in (("dbtk", run_dbtk), ("rapidocr", run_reference)):
-            samples = []
-            for _ in range(args.repeat):
-                start = time.perf_counter()
-                outputs[name] = fn()
-                samples.append(time.perf_counter() - start)
-            timings[name] = statistics.median(samples)
+            timings[name], outputs[name] = median_run(fn, args.repeat)
         share, mean_iou, n_ours, n_theirs = agreement(outputs["dbtk"], outputs["rapidocr"])
         rows.append((label, timings, share, mean_iou, n_ours, n_theirs, len(maps)))
 

@@ -230,3 +230,14 @@ def test_cli_checks_component_parameters(tmp_path: Path, fake_components: None) 
     bad = _write(tmp_path, FAKE_RECIPE + "[model.decoder]\nname = 'fdec'\nchanels = 64\n")
     proc = run_dbtk("recipe", "check", str(bad))
     assert_one_line_error(proc, "model.decoder: unknown parameter 'chanels' for decoder 'fdec' (did you mean 'channels'?)")
+
+
+def test_shipped_recipes_are_valid() -> None:
+    from dbtk.registry import registry
+    from tests.conftest import REPO
+
+    paths = sorted((REPO / "recipes").glob("*.toml"))
+    assert {p.name for p in paths} >= {"quickstart.toml", "rtx3060.toml", "docs.toml"}
+    for path in paths:
+        recipe = recipes.load(path)
+        recipes.check_components(recipe, registry)  # imports every component and checks its parameters

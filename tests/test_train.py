@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -243,3 +242,21 @@ def test_quickstart_learns(tmp_path: Path) -> None:
     train_losses = losses(trainer)
     assert train_losses[-1] < 0.5 * train_losses[0]
     assert trainer.best_hmean > 0.5
+
+
+def test_ctrl_c_saves_last_and_exits_130(tmp_path: Path) -> None:
+    recipe_path = tmp_path / "tiny.toml"
+    recipe_path.write_text(TINY.replace("PRECISION", "fp32").replace("max_steps = 6", "max_steps = 400"))
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "dbtk", "train", str(recipe_path), "--out", str(run_dir)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.time() + 120
+    while (not metrics.exists() or not metrics.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "continue with --resume" in stderr and "Traceback" not in stderr
+    _, _, state = read_training_state(run_dir / "checkpoints" / "last.safetensors")
+    assert 1 <= state["position"][0] < 400

@@ -21,6 +21,7 @@ from dbtk.errors import DbtkError
 #: Command name -> "module:attribute". One module per command; nothing here is imported until needed.
 COMMANDS: dict[str, str] = {
     "clean-data": "dbtk.cli.clean_data:clean_data",
+    "doctor": "dbtk.cli.doctor:doctor",
     "eval": "dbtk.cli.eval:eval_command",
     "models": "dbtk.cli.models:models",
     "plugins": "dbtk.cli.plugins:plugins",
@@ -70,7 +71,7 @@ class LazyGroup(click.Group):
 def cli(debug: bool) -> None:
     """Train, evaluate and ship DBNet text detectors.
 
-    Start with 'dbtk doctor', then 'dbtk train recipes/quickstart.toml'.
+    Start with 'dbtk train recipes/quickstart.toml' (CPU, a few minutes, no download).
     """
 
 

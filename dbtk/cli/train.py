@@ -34,7 +34,7 @@ def train(recipe_path: str, overrides: tuple[str, ...], out_dir: str | None, res
         if not resume_from.is_file():
             raise DbtkError(f"nothing to resume: {resume_from} does not exist", hint="start without --resume, or pass the checkpoint path")
     elif (run_dir / "checkpoints" / "last.safetensors").exists() and not dry_run:
-        raise DbtkError(f"{run_dir} already holds a run", hint=f"continue it with --resume, or choose another folder with --out")
+        raise DbtkError(f"{run_dir} already holds a run", hint="continue it with --resume, or choose another folder with --out")
     _ui.step("building model and data (imports torch)...")
     from dbtk.engine.trainer import Trainer
 

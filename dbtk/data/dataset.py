@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from dbtk.data.augment import AugmentConfig, color_jitter, random_affine, transform_points, warp
-from dbtk.data.formats import Annotation, RawSample
+from dbtk.data.formats import RawSample
 from dbtk.data.images import ImageError, orient_points
 from dbtk.data.polygons import repair
 from dbtk.data.targets import make_targets
@@ -223,10 +223,14 @@ class DetectionDataset:
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack fixed-size samples: ``images`` uint8 (B, 3, H, W) — normalised on the device — and float maps."""
+    """Stack fixed-size samples: ``images`` uint8 (B, 3, H, W) — normalised on the device — and float maps.
+
+    Images keep the NHWC memory layout they were stacked in (channels_last strides): no copy here, and the
+    layout the model runs fastest in.
+    """
     import torch
 
-    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2).contiguous()
+    images = torch.from_numpy(np.stack([s["image"] for s in samples])).permute(0, 3, 1, 2)
     batch: dict[str, Any] = {"images": images}
     for key in TARGET_KEYS:
         batch[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
@@ -239,7 +243,3 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     batch["repairs"] = dict(repairs)
     return batch
 
-
-def annotations_of(polygons: list[np.ndarray], ignore: list[bool]) -> list[Annotation]:
-    """Polygons back into annotation records (for writers such as clean-data)."""
-    return [Annotation(p.astype(np.float64), "###" if ign else "", ign) for p, ign in zip(polygons, ignore, strict=True)]

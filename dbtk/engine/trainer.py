@@ -121,6 +121,8 @@ class Trainer:
         np.random.seed(recipe.seed % 2**32)
 
         self.model = build_model(recipe.model, self.reg).to(self.device)
+        self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
         self.loss_fn = build_loss(recipe.loss, self.reg)
         if recipe.data.train is None:
             raise DbtkError("data.train is not set", hint="point data.train at a dataset folder (see docs/recipes.md)")
@@ -213,6 +215,10 @@ class Trainer:
         except RuntimeError as exc:
             raise DbtkError(f"{path}: weights do not fit this recipe's model ({str(exc).splitlines()[0]})") from None
         self.optimizer.load_state_dict(state["optimizer"])
+        for param, param_state in self.optimizer.state.items():
+            for key, value in param_state.items():  # saved contiguous; give moments their parameter's layout
+                if isinstance(value, torch.Tensor) and value.shape == param.shape:
+                    param_state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
@@ -325,6 +331,7 @@ class Trainer:
             self._compiled = True
         forward = self.model_forward if self._compiled else model
         batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch["images"] = batch["images"].contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             outputs = forward(batch["images"], return_all=True)
             losses = self.loss_fn(outputs, batch)

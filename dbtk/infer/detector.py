@@ -69,7 +69,7 @@ class Detector:
         from dbtk.engine.device import resolve_device
 
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self.recipe = recipe
         self.postprocess = recipe.postprocess
         self.long_side = recipe.eval.long_side
@@ -97,7 +97,7 @@ class Detector:
         for i, prepared in enumerate(batch):
             h, w = prepared.tensor.shape[:2]
             stacked[i, :h, :w] = prepared.tensor
-        images = torch.from_numpy(stacked).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        images = torch.from_numpy(stacked).to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC strides
         prob = self.model(images, return_all=False)["prob"][:, 0].float().cpu().numpy()
         return [prob[i, : p.tensor.shape[0], : p.tensor.shape[1]] for i, p in enumerate(batch)]
 

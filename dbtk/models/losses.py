@@ -6,9 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: Target keys the DB loss reads from a batch (produced by dbtk.data targets).
-TARGET_KEYS = ("shrink_map", "shrink_mask", "thresh_map", "thresh_mask")
-
 
 class DBLoss(nn.Module):
     """DBNet loss: ``prob_weight·BCE_ohem(P) + binary_weight·dice(B) + thresh_weight·L1(T)``.
@@ -19,7 +16,8 @@ class DBLoss(nn.Module):
     - Dice on the approximate binary map, masked by the shrink mask.
     - L1 on the threshold map inside the dilated text region (``thresh_mask``).
 
-    Everything runs in float32 with autocast off, and the mining uses a sort plus a rank mask instead of
+    Targets are the batch keys ``shrink_map``, ``shrink_mask``, ``thresh_map`` and ``thresh_mask`` (see
+    :mod:`dbtk.data.targets`). Everything runs in float32 with autocast off, and the mining uses a sort plus a rank mask instead of
     ``topk(int(k))``, so the loss needs no host synchronisation. Returns tensors only.
     """
 

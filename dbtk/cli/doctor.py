@@ -1,0 +1,97 @@
+"""``dbtk doctor``: can this machine train, and with what settings? Every finding carries a fix."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
+@click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False), help="Also measure this recipe's model at its batch and image size.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe overrides for --recipe.")
+@click.option("--require-cuda", is_flag=True, help="Fail when no CUDA GPU is usable.")
+@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds each probe may take before it is reported as hung.")
+@click.option("--out", "run_dir", default="runs", show_default=True, help="Where runs will be written (for the disk check).")
+def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], require_cuda: bool, timeout: float, run_dir: str) -> None:
+    """Diagnose Python, torch/CUDA/cuDNN, GPUs, libraries, data loading, disk and plugins.
+
+    Each probe runs in its own process with a timeout, so a hanging driver or plugin cannot hang doctor.
+    Exit 0 when training can run on the best available device, 1 when something blocks it.
+    """
+    import platform
+    import sys
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+    from pathlib import Path
+
+    from dbtk.cli import _ui
+    from dbtk.doctor import probes, rules
+
+    workers = None
+    if recipe_path:
+        from dbtk import recipe as recipes
+
+        workers = recipes.load(recipe_path, overrides).train.workers
+    findings: list[rules.Finding] = [rules.Finding("python", rules.OK, f"Python {platform.python_version()} on {platform.platform()} ({sys.executable})")]
+    findings += rules.system_findings(probes.system_probe(Path(run_dir)), workers)
+    jobs = {
+        "torch": lambda: rules.torch_findings(probes.torch_probe(timeout), require_cuda),
+        "libraries": lambda: rules.library_findings(probes.versions_probe(timeout)),
+        "plugins": lambda: _plugin_findings(probes.plugins_probe(timeout)),
+    }
+    if recipe_path:
+        jobs["recipe"] = lambda: rules.recipe_findings(probes.measure_recipe(recipe_path, overrides, max(timeout, 300.0)))
+
+    live = None if as_json else _start_live(findings)
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = {pool.submit(job): name for name, job in jobs.items()}
+        for future in as_completed(futures):  # the table fills in as probes finish
+            findings += future.result()
+            if live is not None:
+                live.update(_table(findings, pending=[futures[f] for f in futures if not f.done()]), refresh=True)
+    if live is not None:
+        live.update(_table(findings, pending=[]), refresh=True)
+        live.stop()
+    code = rules.exit_code(findings)
+    if as_json:
+        _ui.print_json({"ok": code == 0, "findings": [f.as_dict() for f in findings]})
+    else:
+        cuda = any(f.check == "cuda" and f.status == rules.OK for f in findings)
+        verdict = "training can run on the GPU" if cuda else "training can run on the CPU"
+        _ui.console().print(f"[green]✓[/] {verdict}" if code == 0 else "[red]✗[/] something blocks training: see the fixes above")
+    raise SystemExit(code)
+
+
+def _plugin_findings(result):  # noqa: ANN001, ANN202
+    from dbtk.doctor import rules
+
+    if isinstance(result, dict):  # the probe itself timed out or crashed
+        detail = f"timed out after {result['timeout']:g} s" if result.get("status") == "timeout" else result.get("error", "failed")
+        return [rules.Finding("plugins", rules.FAIL, f"listing/importing plugins {detail}", "run 'dbtk plugins --check' to find the plugin at fault")]
+    return rules.plugin_findings(result)
+
+
+def _table(findings, pending):  # noqa: ANN001, ANN202
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title="dbtk doctor", title_justify="left", show_lines=False)
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("detail")
+    table.add_column("fix")
+    style = {"ok": "[green]ok[/]", "warn": "[yellow]warn[/]", "fail": "[red]fail[/]"}
+    for f in findings:
+        table.add_row(escape(f.check), style[f.status], escape(f.detail), escape(f.fix))
+    for name in pending:
+        table.add_row(name, "[dim]…[/]", "[dim]probing[/]", "")
+    return table
+
+
+def _start_live(findings):  # noqa: ANN001, ANN202
+    from rich.live import Live
+
+    from dbtk.cli import _ui
+
+    live = Live(_table(findings, pending=["torch", "libraries", "plugins"]), console=_ui.console(), auto_refresh=False)
+    live.start(refresh=True)
+    return live

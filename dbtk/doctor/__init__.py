@@ -1,0 +1,1 @@
+"""``dbtk doctor`` internals: probes (subprocesses with timeouts) and rules (findings with fixes)."""
