@@ -6,7 +6,9 @@ Usage: python benchmarks/train_step.py [--recipe recipes/docs.toml] [--steps 12]
 Both run the same model, optimizer (AdamW, fused where available) and one fixed batch already on the device,
 so the comparison isolates the step itself: dbtk adds gradient clipping, the non-finite check with a
 device-side skip, BatchNorm roll-back and the LR schedule. Steps alternate between the two (A B A B ...)
-so drift affects both alike; medians are reported. Goal: dbtk <= 1.10x the bare loop.
+so drift affects both alike; medians are reported. The bare loop runs twice: NCHW (what a hand-written loop
+usually does) and channels_last (dbtk's layout), so the overhead is measured like for like. Goal: dbtk <= 1.10x
+the bare loop.
 """
 
 from __future__ import annotations
@@ -60,19 +62,26 @@ def main() -> None:
     batch = synthetic_batch(args.batch, args.size, device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
 
-    torch.manual_seed(0)
-    bare_model = build_model(recipe.model).to(device).train()
-    bare_loss = build_loss(recipe.loss)
-    bare_opt = make_optimizer(bare_model, recipe.train)
-    bare_scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+    def bare_loop(memory_format: torch.memory_format):  # noqa: ANN202 - a step function
+        torch.manual_seed(0)
+        bare_model = build_model(recipe.model).to(device).train().to(memory_format=memory_format)
+        bare_loss = build_loss(recipe.loss)
+        bare_opt = make_optimizer(bare_model, recipe.train)
+        bare_scaler = torch.amp.GradScaler(device.type, enabled=args.precision == "fp16")
+        images = batch["images"].contiguous(memory_format=memory_format)
 
-    def bare_step() -> None:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = bare_loss(bare_model(batch["images"], return_all=True), batch)["loss"]
-        bare_scaler.scale(loss).backward()
-        bare_scaler.step(bare_opt)
-        bare_scaler.update()
-        bare_opt.zero_grad(set_to_none=True)
+        def step() -> None:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss = bare_loss(bare_model(images, return_all=True), batch)["loss"]
+            bare_scaler.scale(loss).backward()
+            bare_scaler.step(bare_opt)
+            bare_scaler.update()
+            bare_opt.zero_grad(set_to_none=True)
+
+        return step
+
+    bare_step = bare_loop(torch.contiguous_format)
+    bare_nhwc_step = bare_loop(torch.channels_last)
 
     model = trainer.model.train()
 
@@ -90,24 +99,27 @@ def main() -> None:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
+    loops = {"bare": bare_step, "bare_nhwc": bare_nhwc_step, "dbtk": dbtk_step}
     for _ in range(2):  # warm-up (allocator, kernels, fused optimizer state)
-        timed(bare_step)
-        timed(dbtk_step)
-    samples = {"bare": [], "dbtk": []}
+        for step in loops.values():
+            timed(step)
+    samples = {name: [] for name in loops}
     for _ in range(args.steps):
-        samples["bare"].append(timed(bare_step))
-        samples["dbtk"].append(timed(dbtk_step))
-    bare, ours = statistics.median(samples["bare"]), statistics.median(samples["dbtk"])
+        for name, step in loops.items():
+            samples[name].append(timed(step))
+    bare, bare_nhwc, ours = (statistics.median(samples[name]) for name in ("bare", "bare_nhwc", "dbtk"))
     where = f"{device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else f" ({platform.machine()}, {torch.get_num_threads()} threads)")
     if args.markdown:
         print(f"resnet18 + FPN {recipe.model.decoder.params.get('channels')} + DB head, batch {args.batch} × {args.size}², "
               f"{args.precision}, {where}, torch {torch.__version__}; median of {args.steps} alternating steps.\n")
         print("| loop | ms / step | images / s | ratio |")
         print("|---|---:|---:|---:|")
-        print(f"| bare PyTorch loop | {bare * 1e3:.0f} | {args.batch / bare:.1f} | 1.00 |")
-        print(f"| dbtk Trainer step | {ours * 1e3:.0f} | {args.batch / ours:.1f} | {ours / bare:.3f} |")
+        print(f"| bare PyTorch loop, NCHW | {bare * 1e3:.0f} | {args.batch / bare:.1f} | {bare / bare_nhwc:.3f} |")
+        print(f"| bare PyTorch loop, channels_last (same layout as dbtk) | {bare_nhwc * 1e3:.0f} | {args.batch / bare_nhwc:.1f} | 1.000 |")
+        print(f"| dbtk Trainer step (channels_last) | {ours * 1e3:.0f} | {args.batch / ours:.1f} | {ours / bare_nhwc:.3f} |")
     else:
-        print(f"bare {bare * 1e3:.1f} ms/step  dbtk {ours * 1e3:.1f} ms/step  ratio {ours / bare:.3f}  ({where})")
+        print(f"bare NCHW {bare * 1e3:.1f} ms  bare NHWC {bare_nhwc * 1e3:.1f} ms  dbtk {ours * 1e3:.1f} ms/step  "
+              f"overhead {ours / bare_nhwc:.3f}  ({where})")
 
 
 if __name__ == "__main__":

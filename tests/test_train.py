@@ -260,3 +260,17 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path: Path) -> None:
     assert "continue with --resume" in stderr and "Traceback" not in stderr
     _, _, state = read_training_state(run_dir / "checkpoints" / "last.safetensors")
     assert 1 <= state["position"][0] < 400
+
+
+def test_tensorboard_logger_names_its_extra(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        from dbtk.loggers.tensorboard import TensorboardLogger
+
+        with pytest.raises(DbtkError, match="needs the tensorboard package") as info:
+            TensorboardLogger(tmp_path)
+        assert "pip install 'dbtk[tensorboard]'" in info.value.hint
+    else:
+        pytest.skip("tensorboard is installed")

@@ -249,6 +249,7 @@ class Trainer:
         import signal
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._started = time.perf_counter()
         info = {"recipe": recipes.dumps(self.recipe), "total_steps": self.total_steps, "start_step": self.position.step}
         for logger in self.loggers:
             logger.start(info)
@@ -369,6 +370,7 @@ class Trainer:
             "lr": self.optimizer.param_groups[0]["lr"], "images_per_second": images / elapsed if elapsed else 0.0,
             "data_wait_fraction": data_wait / elapsed if elapsed else 0.0, "epoch": self.position.epoch,
             "bad_steps": bad_total, "skipped_samples": sum(self.skipped.values()),
+            "elapsed_seconds": time.perf_counter() - self._started,
         }
         self._emit(metrics)
         if bad_run >= self.recipe.train.max_bad_steps:
@@ -394,7 +396,8 @@ class Trainer:
         result = evaluate_detector(detector, self.val_reader)
         self.model.train()
         summary = result.summary
-        self._emit({"val/hmean": summary.hmean, "val/precision": summary.precision, "val/recall": summary.recall, "val/seconds": result.seconds})
+        self._emit({"val/hmean": summary.hmean, "val/precision": summary.precision, "val/recall": summary.recall,
+                    "val/seconds": result.seconds, "elapsed_seconds": time.perf_counter() - self._started})
         if summary.hmean > self.best_hmean:
             self.best_hmean = summary.hmean
             self.save("best", with_state=False)
