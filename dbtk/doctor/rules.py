@@ -72,7 +72,7 @@ def _why_no_cuda(probe: dict[str, Any]) -> tuple[str, str]:
         return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU", "unset CUDA_VISIBLE_DEVICES (or list the GPU ids to use)"
     if "too old" in init_error.lower() or "insufficient" in init_error.lower():
         return f"the NVIDIA driver is too old for CUDA {probe['cuda_version']} ({init_error})", (
-            f"update the NVIDIA driver, or install a torch wheel built for an older CUDA: pip install torch --index-url https://download.pytorch.org/whl/cu118"
+            "update the NVIDIA driver, or install a torch wheel built for an older CUDA: pip install torch --index-url https://download.pytorch.org/whl/cu118"
         )
     if "no nvidia driver" in init_error.lower() or not probe.get("nvidia_smi"):
         return "no NVIDIA driver found", "install the NVIDIA driver (check with 'nvidia-smi'), or train on the CPU"
