@@ -36,30 +36,26 @@ def clean_data(
         raise DbtkError("give exactly one of --out DST and --check", hint="dbtk clean-data SRC --check, or dbtk clean-data SRC --out DST")
     if out and Path(out).resolve() == Path(src).resolve():
         raise DbtkError("--out must differ from SRC: clean-data never modifies its input")
-    format_name = format_name or ("receipt-json" if annotations and Path(annotations).is_file() else "icdar2015")
+    from dbtk.data import clean
+    from dbtk.data.formats import default_format, open_split
+
+    format_name = format_name or default_format(annotations)
     _ui.step(f"indexing {src} as {format_name}")
 
-    from dbtk.data import clean
-    from dbtk.recipe import Split
-    from dbtk.registry import registry
-
-    reader = registry.build("dataset", {"name": format_name}, split=Split(src, annotations))
+    reader = open_split(src, annotations, format_name)
     result_report = clean.Report(source=src, format=format_name)
     for problem in reader.problems:
         result_report.add_problem(problem)
     writer = clean.Writer(Path(out), format_name) if out else None
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     workers = workers or os.cpu_count() or 1
-    with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_ui.err_console(), transient=True) as progress:
-        task = progress.add_task("scan", total=len(reader))
+    with _ui.progress("scanning", len(reader)) as advance:
         for index, result in clean.scan(reader, workers, min_size):
             record = reader.records[index]
             result_report.add_result(result, str(record.annotation_file or ""))
             if writer is not None:
                 writer.add(reader, index, result)
-            progress.advance(task)
+            advance()
     if writer is not None:
         writer.close()
 

@@ -32,7 +32,9 @@ def eval_command(
 
     if bool(checkpoint) == bool(pred_dir):
         raise DbtkError("give a CHECKPOINT or --pred DIR (one of them)", hint="dbtk eval runs/x/checkpoints/best.safetensors --data data/val")
-    reader = _reader(data, annotations, format_name)
+    from dbtk.data.formats import open_split
+
+    reader = open_split(data, annotations, format_name)
     if pred_dir:
         from dbtk.infer.evaluate import evaluate_folder
 
@@ -55,16 +57,6 @@ def eval_command(
     _print_summary(result, worst)
 
 
-def _reader(data: str, annotations: str | None, format_name: str | None):  # noqa: ANN202
-    from pathlib import Path
-
-    from dbtk.recipe import Split
-    from dbtk.registry import registry
-
-    format_name = format_name or ("receipt-json" if annotations and Path(annotations).is_file() else "icdar2015")
-    return registry.build("dataset", {"name": format_name}, split=Split(data, annotations))
-
-
 def _apply_overrides(detector, overrides: tuple[str, ...]) -> None:  # noqa: ANN001
     """Re-tune post-processing or the inference size without retraining (e.g. a box_thresh sweep)."""
     from dbtk import recipe as recipes
@@ -84,13 +76,10 @@ def _apply_overrides(detector, overrides: tuple[str, ...]) -> None:  # noqa: ANN
 def _with_progress(total: int, label: str, run, as_json: bool):  # noqa: ANN001, ANN202
     if as_json:
         return run(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from dbtk.cli import _ui
 
-    with Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_ui.err_console(), transient=True) as progress:
-        task = progress.add_task(label, total=total)
-        return run(lambda: progress.advance(task))
+    with _ui.progress(label, total) as advance:
+        return run(advance)
 
 
 def _print_summary(result, worst: int) -> None:  # noqa: ANN001
@@ -130,11 +119,9 @@ def _write_overlays(detector, reader, result, folder, worst: int) -> None:  # no
         if reader.name(index) not in names:
             continue
         sample = reader.load(index)
-        decoded = sample.decoded
-        orientation = decoded.orientation if reader.exif == "stored" else 1
-        gt_points, gt_ignore = ground_truth(sample.annotations, orientation, decoded.stored_size)
-        detections = detector.detect_arrays([decoded.image])[0]
-        overlay = draw_overlay(decoded.image, detections, names[sample.name], gt_points, gt_ignore)
+        gt_points, gt_ignore = ground_truth(sample, reader.exif)
+        detections = detector.detect_arrays([sample.decoded.image])[0]
+        overlay = draw_overlay(sample.decoded.image, detections, names[sample.name], gt_points, gt_ignore)
         cv2.imwrite(str(folder / f"{Path(sample.name).stem}.jpg"), overlay)
     _ui.console().print(f"overlays of the {len(names)} worst images written to {folder} (green: matched ground truth, orange: missed, red: false positive)")
 

@@ -38,12 +38,9 @@ def predict(checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: 
     detector = Detector.from_checkpoint(checkpoint, device=device)
     receipt: dict = {}
     failed = 0
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    with Progress(TextColumn("predicting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=_ui.err_console(), transient=True) as progress:
-        task = progress.add_task("predict", total=len(paths))
+    with _ui.progress("predicting", len(paths)) as advance:
         for path in paths:
-            progress.advance(task)
+            advance()
             try:
                 image = read_image(path).image
             except ImageError as exc:

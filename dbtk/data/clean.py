@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dbtk.data.formats import FileReader, Problem
-from dbtk.data.images import ImageError, orient_points
+from dbtk.data.images import ImageError
 from dbtk.data.polygons import DROPPED, repair
 
 #: How many examples of each problem category the report and table keep.
@@ -50,10 +50,7 @@ def scan_image(reader: FileReader, index: int, min_size: float = 0.0) -> ImageRe
     decoded = sample.decoded
     result.rotated = decoded.orientation
     height, width = decoded.image.shape[:2]
-    for annotation in sample.annotations:
-        points = annotation.points
-        if reader.exif == "stored" and decoded.orientation != 1:
-            points = orient_points(points, decoded.orientation, decoded.stored_size)
+    for annotation, points in zip(sample.annotations, sample.display_points(reader.exif), strict=True):
         fixed = repair(points, width, height, ignore=annotation.ignore, min_size=min_size)
         for reason in fixed.reasons:
             result.findings.append((reason.value, annotation.line, _short(annotation.points), reason in DROPPED))

@@ -23,7 +23,7 @@ import numpy as np
 
 from dbtk.data.augment import AugmentConfig, color_jitter, random_affine, transform_points, warp
 from dbtk.data.formats import RawSample
-from dbtk.data.images import ImageError, orient_points
+from dbtk.data.images import ImageError
 from dbtk.data.polygons import repair
 from dbtk.data.targets import make_targets
 from dbtk.errors import DbtkError
@@ -61,15 +61,11 @@ class SampleError(Exception):
 
 def clean_annotations(sample: RawSample, exif: str) -> tuple[np.ndarray, list[np.ndarray], list[bool], Counter]:
     """Orient and repair a raw sample's polygons; returns image, polygons, ignore flags and repair counts."""
-    decoded = sample.decoded
-    image = decoded.image
+    image = sample.decoded.image
     height, width = image.shape[:2]
     repairs: Counter = Counter()
     polygons, ignore = [], []
-    for annotation in sample.annotations:
-        points = annotation.points
-        if exif == "stored" and decoded.orientation != 1:
-            points = orient_points(points, decoded.orientation, decoded.stored_size)
+    for annotation, points in zip(sample.annotations, sample.display_points(exif), strict=True):
         fixed = repair(points, width, height, ignore=annotation.ignore)
         repairs.update(r.value for r in fixed.reasons)
         if not fixed.dropped:

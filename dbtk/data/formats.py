@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.images import Decoded, read_image
+from dbtk.data.images import Decoded, orient_points, read_image
 from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
@@ -62,6 +62,17 @@ class RawSample:
     name: str
     decoded: Decoded
     annotations: list[Annotation]
+
+    def display_points(self, exif: str) -> list[np.ndarray]:
+        """Each annotation's points in the coordinates of the decoded (EXIF-rotated) image.
+
+        ``exif`` is the reader's convention: "stored" labels follow the stored pixels and are rotated with them;
+        "display" labels were drawn on the rotated image already.
+        """
+        decoded = self.decoded
+        if exif != "stored" or decoded.orientation == 1:
+            return [a.points for a in self.annotations]
+        return [orient_points(a.points, decoded.orientation, decoded.stored_size) for a in self.annotations]
 
 
 @dataclass
@@ -233,6 +244,20 @@ class ReceiptJSON(FileReader):
             text = str(word.get("transcription", "")) if isinstance(word, dict) else ""
             annotations.append(Annotation(array, text, text.strip() == DONT_CARE, index + 1))
         return annotations
+
+
+def default_format(annotations: str | None) -> str:
+    """Without --format, one label *file* means receipt JSON; otherwise ICDAR2015 folders."""
+    return "receipt-json" if annotations and Path(annotations).is_file() else "icdar2015"
+
+
+def open_split(images: str, annotations: str | None = None, format_name: str | None = None) -> FileReader:
+    """A reader for a split named on the command line."""
+    from dbtk.recipe import Split
+    from dbtk.registry import registry
+
+    name = format_name or default_format(annotations)
+    return registry.build("dataset", {"name": name}, split=Split(images, annotations))
 
 
 def image_files(paths: Sequence[str]) -> list[Path]:

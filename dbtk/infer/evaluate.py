@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dbtk.data.formats import FileReader, Problem, find_label_file, parse_icdar_file
-from dbtk.data.images import ImageError, orient_points
+from dbtk.data.formats import FileReader, Problem, RawSample, find_label_file, parse_icdar_file
+from dbtk.data.images import ImageError
 from dbtk.infer.metrics import ImageScore, Summary, evaluate_image, summarize
 from dbtk.infer.postprocess import Detections
 
@@ -45,15 +45,9 @@ class EvalResult:
         }
 
 
-def ground_truth(sample_annotations: Sequence[Any], orientation: int = 1, stored_size: tuple[int, int] = (0, 0)) -> tuple[list[np.ndarray], list[bool]]:
-    points, ignore = [], []
-    for annotation in sample_annotations:
-        p = annotation.points
-        if orientation != 1:
-            p = orient_points(p, orientation, stored_size)
-        points.append(p)
-        ignore.append(annotation.ignore)
-    return points, ignore
+def ground_truth(sample: RawSample, exif: str) -> tuple[list[np.ndarray], list[bool]]:
+    """Labels in the decoded image's coordinates, with their don't-care flags."""
+    return sample.display_points(exif), [a.ignore for a in sample.annotations]
 
 
 def evaluate_detector(
@@ -73,14 +67,12 @@ def evaluate_detector(
             if on_image:
                 on_image()
             continue
-        decoded = sample.decoded
-        orientation = decoded.orientation if reader.exif == "stored" else 1
-        gt_points, gt_ignore = ground_truth(sample.annotations, orientation, decoded.stored_size)
-        detections = detector.detect_arrays([decoded.image])[0]
+        gt_points, gt_ignore = ground_truth(sample, reader.exif)
+        detections = detector.detect_arrays([sample.decoded.image])[0]
         score = evaluate_image(gt_points, gt_ignore, detections.polygons, name=sample.name)
         scores.append(score)
         if keep:
-            keep(sample.name, decoded.image, detections, score)
+            keep(sample.name, sample.decoded.image, detections, score)
         if on_image:
             on_image()
     return EvalResult(summarize(scores), scores, time.perf_counter() - start, problems)
@@ -96,7 +88,7 @@ def evaluate_folder(pred_dir: Path, reader: FileReader, on_image: Callable[[], N
     scores, problems = [], list(reader.problems)
     start = time.perf_counter()
     for record in reader.records:
-        gt_points, gt_ignore = ground_truth(record.annotations)
+        gt_points, gt_ignore = [a.points for a in record.annotations], [a.ignore for a in record.annotations]
         path = find_label_file(pred_dir, record.name)
         if path is None:
             problems.append(Problem(str(pred_dir), None, "missing_prediction", f"no prediction file for {record.name}"))
