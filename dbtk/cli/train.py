@@ -59,3 +59,5 @@ def train(recipe_path: str, overrides: tuple[str, ...], out_dir: str | None, res
     _ui.console().print(f"[green]✓[/] finished {trainer.position.step} steps{best}; run folder {run_dir}")
     if trainer.skipped:
         _ui.warn("skipped samples: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.skipped.items())))
+    if trainer.repairs:
+        _ui.warn("repaired polygons: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.repairs.items())) + " (see 'dbtk clean-data')")

@@ -120,9 +120,8 @@ class Trainer:
         torch.manual_seed(recipe.seed)
         np.random.seed(recipe.seed % 2**32)
 
-        self.model = build_model(recipe.model, self.reg).to(self.device)
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-        self.model = self.model.to(memory_format=self.memory_format)
+        self.model = build_model(recipe.model, self.reg).to(self.device, memory_format=self.memory_format)
         self.loss_fn = build_loss(recipe.loss, self.reg)
         if recipe.data.train is None:
             raise DbtkError("data.train is not set", hint="point data.train at a dataset folder (see docs/recipes.md)")
@@ -144,9 +143,8 @@ class Trainer:
             self.optimizer, make_schedule(train.scheduler, train.warmup_steps, self.total_steps)
         )
         self.dtype = DTYPES[train.precision]
-        if self.dtype is not None and self.device.type == "cpu" and self.dtype is torch.float16 and not hasattr(torch.amp, "GradScaler"):
-            raise DbtkError("fp16 on CPU needs torch >= 2.3", hint="use precision = 'bf16' on CPU")
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=train.precision == "fp16")
+        scaler_class = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScaler  # torch 2.2 has only the CUDA one
+        self.scaler = scaler_class(self.device.type, enabled=train.precision == "fp16")
         self.position = Position()
         self.best_hmean = -1.0
         self.bad_total = torch.zeros((), device=self.device)
@@ -154,7 +152,14 @@ class Trainer:
         self.skipped: Counter = Counter()
         self.repairs: Counter = Counter()
         self.history: list[dict[str, float]] = []
-        self.norm_buffers = [b for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for b in (m.running_mean, m.running_var) if b is not None]
+        # Running statistics a bad forward would corrupt; restored when its step is skipped.
+        self.norm_buffers = [
+            buffer
+            for module in self.model.modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+            for buffer in (module.running_mean, module.running_var)
+            if buffer is not None
+        ]
         if resume_from is not None:
             self._load(resume_from)
         self.loggers = [self._logger(i, c) for i, c in enumerate(recipe.loggers)]
@@ -369,7 +374,7 @@ class Trainer:
             "loss": values[0], "loss/prob": values[1], "loss/binary": values[2], "loss/thresh": values[3],
             "lr": self.optimizer.param_groups[0]["lr"], "images_per_second": images / elapsed if elapsed else 0.0,
             "data_wait_fraction": data_wait / elapsed if elapsed else 0.0, "epoch": self.position.epoch,
-            "bad_steps": bad_total, "skipped_samples": sum(self.skipped.values()),
+            "bad_steps": bad_total, "skipped_samples": sum(self.skipped.values()), "repaired_polygons": sum(self.repairs.values()),
             "elapsed_seconds": time.perf_counter() - self._started,
         }
         self._emit(metrics)
