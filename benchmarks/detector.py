@@ -41,7 +41,7 @@ def main() -> None:
         tensor = torch.from_numpy(resize_for_inference(image, detector.long_side).tensor).permute(2, 0, 1)[None].contiguous()
         start = time.perf_counter()
         with torch.inference_mode():
-            detector.model(tensor, return_all=False)
+            detector.runtime.model(tensor, return_all=False)
         bare.append(time.perf_counter() - start)
     e2e, fwd = statistics.median(end_to_end), statistics.median(bare)
     line = f"long side {detector.long_side}, {len(images)} docs-dev val pages, {boxes} boxes, fp32, torch {torch.__version__} CPU ({torch.get_num_threads()} threads), {machine()}"

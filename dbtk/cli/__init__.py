@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "clean-data": "dbtk.cli.clean_data:clean_data",
     "doctor": "dbtk.cli.doctor:doctor",
     "eval": "dbtk.cli.eval:eval_command",
+    "export": "dbtk.cli.export:export",
     "models": "dbtk.cli.models:models",
     "plugins": "dbtk.cli.plugins:plugins",
     "predict": "dbtk.cli.predict:predict",

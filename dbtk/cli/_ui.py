@@ -49,6 +49,12 @@ def step(message: str) -> None:
     err_console().print(f"[cyan]•[/] {escape(message)}", soft_wrap=True)
 
 
+def loading_message(model_path: str) -> str:
+    """The first line of a command that loads a model: says which runtime it is about to import."""
+    runtime = "onnxruntime" if model_path.lower().endswith(".onnx") else "imports torch"
+    return f"loading {model_path} ({runtime})..."
+
+
 def print_json(data: Any) -> None:
     """Machine-readable output: plain JSON on stdout, nothing else."""
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

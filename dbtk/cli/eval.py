@@ -41,11 +41,11 @@ def eval_command(
         result = _with_progress(len(reader), "scoring", lambda tick: evaluate_folder(Path(pred_dir), reader, tick), as_json)
     else:
         if not as_json:
-            _ui.step(f"loading {checkpoint} (imports torch)...")
+            _ui.step(_ui.loading_message(checkpoint))
         from dbtk.infer.detector import Detector
         from dbtk.infer.evaluate import evaluate_detector
 
-        detector = Detector.from_checkpoint(checkpoint, device=device)
+        detector = Detector.load(checkpoint, device=device)
         _apply_overrides(detector, overrides)
         result = _with_progress(len(reader), "evaluating", lambda tick: evaluate_detector(detector, reader, tick), as_json)
         if vis_dir:
@@ -66,11 +66,7 @@ def _apply_overrides(detector, overrides: tuple[str, ...]) -> None:  # noqa: ANN
     data = recipes.unstructure(detector.recipe)
     for override in overrides:
         recipes.apply_override(data, override)
-    resolved = recipes.structure(data, source="--set")
-    detector.recipe = resolved
-    detector.postprocess = resolved.postprocess
-    detector.long_side = resolved.eval.long_side
-    detector.batch_size = resolved.eval.batch_size
+    detector.configure(recipes.structure(data, source="--set"))
 
 
 def _with_progress(total: int, label: str, run, as_json: bool):  # noqa: ANN001, ANN202

@@ -27,7 +27,7 @@ def predict(checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: 
     paths = image_files(images)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _ui.step(f"loading {checkpoint} (imports torch)...")
+    _ui.step(_ui.loading_message(checkpoint))
 
     import cv2
 
@@ -35,7 +35,7 @@ def predict(checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: 
     from dbtk.infer.detector import Detector
     from dbtk.infer.evaluate import detections_json, draw_overlay, icdar_lines, receipt_words, write_json
 
-    detector = Detector.from_checkpoint(checkpoint, device=device)
+    detector = Detector.load(checkpoint, device=device)
     receipt: dict = {}
     failed = 0
     with _ui.progress("predicting", len(paths)) as advance:

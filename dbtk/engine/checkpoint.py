@@ -41,7 +41,11 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
 
 
 def save_weights(
-    path: str | Path, model: torch.nn.Module, recipe: recipes.Recipe, training_state: object | None = None
+    path: str | Path,
+    model: torch.nn.Module,
+    recipe: recipes.Recipe,
+    training_state: object | None = None,
+    extra_metadata: dict[str, str] | None = None,
 ) -> None:
     """Write the model's weights, the resolved recipe and dbtk version — and optionally the training state
     (optimizer, scheduler, scaler, RNGs, position) in the same file, so weights and state can never disagree."""
@@ -50,7 +54,7 @@ def save_weights(
     from dbtk.engine import state
 
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    metadata = {"format": FORMAT, "dbtk_version": dbtk.__version__, "recipe": recipes.dumps(recipe)}
+    metadata = {**(extra_metadata or {}), "format": FORMAT, "dbtk_version": dbtk.__version__, "recipe": recipes.dumps(recipe)}
     if training_state is not None:
         state_tensors, state_json = state.flatten(training_state)
         tensors.update(state_tensors)
@@ -97,12 +101,24 @@ def read_weights(path: str | Path, keep_state: bool = False) -> tuple[dict[str, 
     return tensors, recipe, metadata
 
 
+def without_pretrained(recipe: recipes.Recipe) -> recipes.Recipe:
+    """The recipe with the encoder's ``pretrained`` switched off: a weights file carries every tensor, and the
+    local ImageNet file the recipe named at training time need not exist where the model is loaded."""
+    import attrs
+
+    encoder = recipe.model.encoder
+    if not encoder.params.get("pretrained"):
+        return recipe
+    encoder = attrs.evolve(encoder, params={**encoder.params, "pretrained": False})
+    return attrs.evolve(recipe, model=attrs.evolve(recipe.model, encoder=encoder))
+
+
 def load_model(path: str | Path) -> tuple[torch.nn.Module, recipes.Recipe]:
     """Build the model described by a checkpoint's recipe and load its weights (shapes and keys must match)."""
     from dbtk.models.builder import build_model
 
     tensors, recipe, _ = read_weights(path)
-    model = build_model(recipe.model)
+    model = build_model(without_pretrained(recipe).model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

@@ -397,7 +397,7 @@ class Trainer:
         from dbtk.infer.evaluate import evaluate_detector
 
         self._validated_at = self.position.step
-        detector = Detector(self.model, self.recipe, self.device)
+        detector = Detector.from_model(self.model, self.recipe, self.device)
         result = evaluate_detector(detector, self.val_reader)
         self.model.train()
         summary = result.summary

@@ -1,7 +1,9 @@
 """``Detector``: a model loaded once, then called on images — the one inference path.
 
 Validation during training, ``dbtk eval``, ``dbtk predict`` and exported models all go through
-:meth:`Detector.detect_arrays`, so they resize, batch and post-process identically. Nothing is written to disk.
+:meth:`Detector.detect_arrays`, so they resize, batch and post-process identically. The network itself is a
+*runtime* — torch (checkpoints and bundles) or onnxruntime (``.onnx`` exports) — behind one small interface, so
+the ONNX path never imports torch. Nothing is written to disk.
 """
 
 from __future__ import annotations
@@ -9,18 +11,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
-import torch
 
 from dbtk.infer.postprocess import Detections, boxes_from_map
 
 if TYPE_CHECKING:
+    import torch
+
     from dbtk.recipe import Recipe
 
 #: Input sides must be multiples of the encoder's coarsest stride.
 STRIDE = 32
+
+
+class Runtime(Protocol):
+    """Runs the network: a uint8 N×H×W×3 RGB batch → N×H×W float32 probability maps."""
+
+    #: Fixed (height, width) input of a static-shape export, or None when any multiple of 32 works.
+    input_size: tuple[int, int] | None
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -63,17 +75,31 @@ def as_rgb_array(image: Any) -> np.ndarray:
 
 
 class Detector:
-    """A DBNet detector ready for inference: ``detector(images) -> list[Detections]``."""
+    """A DBNet detector ready for inference: ``detector(images) -> list[Detections]``.
 
-    def __init__(self, model: torch.nn.Module, recipe: Recipe, device: str | torch.device = "cpu") -> None:
-        from dbtk.engine.device import resolve_device
+    Build it with :meth:`load` (any file dbtk writes), :meth:`from_checkpoint`, :meth:`from_onnx` or
+    :meth:`from_model`; the recipe carried by the file supplies resizing and post-processing settings.
+    """
 
-        self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+    def __init__(self, runtime: Runtime, recipe: Recipe) -> None:
+        self.runtime = runtime
+        self.configure(recipe)
+
+    def configure(self, recipe: Recipe) -> None:
+        """Take resizing and post-processing settings from ``recipe`` (e.g. re-tuned thresholds)."""
         self.recipe = recipe
         self.postprocess = recipe.postprocess
         self.long_side = recipe.eval.long_side
         self.batch_size = recipe.eval.batch_size
+        if self.runtime.input_size is not None:  # a static export: resize into its fixed input
+            self.long_side = min(self.runtime.input_size)
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> Detector:
+        """A ``.onnx`` export through onnxruntime (no torch), anything else as a dbtk safetensors file."""
+        if Path(path).suffix.lower() == ".onnx":
+            return cls.from_onnx(path, device)
+        return cls.from_checkpoint(path, device)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Detector:
@@ -81,24 +107,42 @@ class Detector:
         from dbtk.engine.checkpoint import load_model
 
         model, recipe = load_model(path)
-        return cls(model, recipe, device)
+        return cls.from_model(model, recipe, device)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, recipe: Recipe, device: str | torch.device = "cpu") -> Detector:
+        from dbtk.infer.torch_runtime import TorchRuntime
+
+        return cls(TorchRuntime(model, device), recipe)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path, device: str = "auto") -> Detector:
+        """An ONNX export run by onnxruntime with numpy and cv2 around it: torch is never imported."""
+        from dbtk.infer.onnx_runtime import OnnxRuntime
+
+        runtime = OnnxRuntime(path, device)
+        return cls(runtime, runtime.recipe)
 
     def __call__(self, images: Iterable[Any] | Any, batch_size: int | None = None) -> list[Detections]:
         if isinstance(images, (str, Path, np.ndarray)) or hasattr(images, "convert"):
             images = [images]
         return self.detect_arrays([as_rgb_array(image) for image in images], batch_size)
 
-    @torch.inference_mode()
-    def probability_maps(self, batch: Sequence[Prepared]) -> list[np.ndarray]:
-        """Forward one batch (padded to a common size) and return each image's map, cropped to its size."""
-        height = max(p.tensor.shape[0] for p in batch)
-        width = max(p.tensor.shape[1] for p in batch)
+    def stack(self, batch: Sequence[Prepared]) -> np.ndarray:
+        """One uint8 N×H×W×3 array: images top-left aligned, zero-padded to the largest (or the fixed) size."""
+        height, width = self.runtime.input_size or (
+            max(p.tensor.shape[0] for p in batch),
+            max(p.tensor.shape[1] for p in batch),
+        )
         stacked = np.zeros((len(batch), height, width, 3), dtype=np.uint8)
         for i, prepared in enumerate(batch):
             h, w = prepared.tensor.shape[:2]
             stacked[i, :h, :w] = prepared.tensor
-        images = torch.from_numpy(stacked).to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # NHWC strides
-        prob = self.model(images, return_all=False)["prob"][:, 0].float().cpu().numpy()
+        return stacked
+
+    def probability_maps(self, batch: Sequence[Prepared]) -> list[np.ndarray]:
+        """Forward one batch and return each image's map, cropped to its resized size."""
+        prob = self.runtime(self.stack(batch))
         return [prob[i, : p.tensor.shape[0], : p.tensor.shape[1]] for i, p in enumerate(batch)]
 
     def detect_arrays(self, images: Sequence[np.ndarray], batch_size: int | None = None) -> list[Detections]:
