@@ -15,9 +15,6 @@ from dbtk import recipe as recipes
 from tests.conftest import run_dbtk
 from tests.data_fixtures import jpeg_bytes, text_image
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnx")
-
 BOXES = ((10, 12, 120, 26), (20, 50, 90, 62), (130, 80, 180, 100))
 
 
