@@ -342,7 +342,8 @@ class Trainer:
             outputs = forward(batch["images"], return_all=True)
             losses = self.loss_fn(outputs, batch)
         self.scaler.scale(losses["loss"] / self.recipe.train.accumulate).backward()
-        return torch.stack([losses["loss"], losses["prob"], losses.get("binary", losses["prob"]), losses.get("thresh", losses["prob"])]).detach()
+        missing = torch.zeros_like(losses["loss"])  # a plugin loss need only return "loss"
+        return torch.stack([losses["loss"], *(losses.get(part, missing) for part in ("prob", "binary", "thresh"))]).detach()
 
     def _optimizer_step(self, loss_sum: torch.Tensor, snapshot: list[torch.Tensor]) -> None:
         train = self.recipe.train
