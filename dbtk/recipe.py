@@ -174,6 +174,8 @@ class Train:
     max_bad_steps: int = _field(20, "stop after this many consecutive non-finite steps", at_least(1))
     compile: bool = _field(False, "apply torch.compile to the model (lazily, on the first step)")
     channels_last: bool = _field(True, "NHWC memory layout for the model and batches (1.2x faster steps on CPU here)")
+    sync_bn: bool = _field(False, "under DDP, compute BatchNorm statistics over all processes' batches (small per-GPU batches)")
+    dist_timeout: int = _field(1800, "under DDP, seconds a process waits for the others (validation included) before failing", at_least(1))
 
 
 @attrs.define

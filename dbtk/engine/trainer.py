@@ -9,10 +9,13 @@ What makes it safe and fast:
   scaler, RNG states and the position inside the epoch, so ``--resume`` reproduces an uninterrupted run
   bit-for-bit on CPU.
 - Checkpoints are written atomically; Ctrl-C saves ``last`` and exits with code 130.
+- Under torchrun every process takes every N-th micro-batch of the same order and DDP averages gradients; only
+  rank 0 logs, validates and writes checkpoints (see ``dbtk/engine/distributed.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections import Counter
@@ -25,6 +28,8 @@ import numpy as np
 import torch
 
 from dbtk import recipe as recipes
+from dbtk.engine import distributed
+from dbtk.engine.distributed import World
 from dbtk.errors import DbtkError
 from dbtk.registry import Registry, registry as default_registry
 
@@ -33,6 +38,10 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class BadStepsError(DbtkError):
     exit_code = 1
+
+
+class StopRequested(Exception):
+    """Training stopped at the step ``--stop-at`` asked for; ``last`` is saved and ``--resume`` continues."""
 
 
 @dataclass
@@ -47,16 +56,19 @@ class Position:
 class EpochBatches:
     """Batches of global indices (``epoch * len + i``) in a seeded per-epoch order; resumable mid-epoch.
 
-    An epoch holds whole accumulation groups only, so every epoch ends on an optimizer-step boundary.
+    An epoch holds whole optimizer steps only (``accumulate`` micro-batches on each of ``world`` processes), so
+    every epoch ends on a step boundary. Process ``rank`` takes every ``world``-th micro-batch of the one order
+    all processes share; ``skip`` counts micro-batches of all processes.
     """
 
-    def __init__(self, size: int, batch_size: int, accumulate: int, seed: int) -> None:
-        self.size, self.batch_size, self.seed = size, batch_size, seed
-        self.per_epoch = (size // batch_size) // accumulate * accumulate
+    def __init__(self, size: int, batch_size: int, accumulate: int, seed: int, world: World = distributed.SINGLE) -> None:
+        self.size, self.batch_size, self.seed, self.world = size, batch_size, seed, world
+        group = accumulate * world.size
+        self.per_epoch = (size // batch_size) // group * group
         self.epoch, self.skip = 0, 0
 
     def __len__(self) -> int:
-        return self.per_epoch - self.skip
+        return len(range(self.skip + self.world.rank, self.per_epoch, self.world.size))
 
     def set_position(self, epoch: int, skip: int) -> None:
         self.epoch, self.skip = epoch, skip
@@ -65,7 +77,7 @@ class EpochBatches:
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         order = torch.randperm(self.size, generator=generator).tolist()
         offset = self.epoch * self.size
-        for b in range(self.skip, self.per_epoch):
+        for b in range(self.skip + self.world.rank, self.per_epoch, self.world.size):
             yield [offset + i for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
 
 
@@ -107,6 +119,8 @@ class Trainer:
         resume_from: Path | None = None,
         reg: Registry | None = None,
         device: str | None = None,
+        world: World | None = None,
+        stop_at: int = 0,
     ) -> None:
         from dbtk.data.dataset import DetectionDataset
         from dbtk.engine.device import resolve_device
@@ -115,13 +129,21 @@ class Trainer:
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.reg = reg or default_registry
-        self.device = resolve_device(device or recipe.train.device)
+        self.world = world or distributed.world_from_environment()
+        self.device = distributed.device_for(self.world, resolve_device(device or recipe.train.device))
+        distributed.join(self.world, self.device, recipe.train.dist_timeout)
+        distributed.require_same_recipe(self.world, recipes.dumps(recipe))
+        self.stop_at = stop_at
         train = recipe.train
         torch.manual_seed(recipe.seed)
         np.random.seed(recipe.seed % 2**32)
 
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-        self.model = build_model(recipe.model, self.reg).to(self.device, memory_format=self.memory_format)
+        model = build_model(recipe.model, self.reg)
+        if self.world.distributed and train.sync_bn:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device, memory_format=self.memory_format)
+        self.train_model = self._wrap(self.model)
         self.loss_fn = build_loss(recipe.loss, self.reg)
         if recipe.data.train is None:
             raise DbtkError("data.train is not set", hint="point data.train at a dataset folder (see docs/recipes.md)")
@@ -131,10 +153,14 @@ class Trainer:
         if len(self.dataset) < train.batch_size:
             raise DbtkError(f"the training set has {len(self.dataset)} images, fewer than batch_size {train.batch_size}")
 
-        self.batches = EpochBatches(len(self.dataset), train.batch_size, train.accumulate, recipe.seed)
-        steps_per_epoch = self.batches.per_epoch // train.accumulate
+        self.batches = EpochBatches(len(self.dataset), train.batch_size, train.accumulate, recipe.seed, self.world)
+        self.micro_per_step = train.accumulate * self.world.size
+        steps_per_epoch = self.batches.per_epoch // self.micro_per_step
         if steps_per_epoch == 0:
-            raise DbtkError("an epoch holds fewer batches than train.accumulate", hint="lower accumulate or batch_size")
+            raise DbtkError(
+                f"an epoch holds fewer batches than one step needs ({self.micro_per_step}: accumulate × processes)",
+                hint="lower accumulate or batch_size",
+            )
         self.steps_per_epoch = steps_per_epoch
         self.total_steps = train.max_steps or train.epochs * steps_per_epoch
         self.optimizer = make_optimizer(self.model, train)
@@ -162,11 +188,18 @@ class Trainer:
         ]
         if resume_from is not None:
             self._load(resume_from)
-        self.loggers = [self._logger(i, c) for i, c in enumerate(recipe.loggers)]
+        self.loggers = [self._logger(i, c) for i, c in enumerate(recipe.loggers)] if self.world.is_main else []
         self._compiled = False
         self._validated_at = -1
 
     # ------------------------------------------------------------------ construction helpers
+    def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DistributedDataParallel under torchrun; the model itself otherwise."""
+        if not self.world.distributed:
+            return model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
     def _reader(self, split: recipes.Split, key: str):  # noqa: ANN202
         try:
             return self.reg.build("dataset", self.recipe.data.format.as_table(), split=split)
@@ -198,9 +231,15 @@ class Trainer:
         }
 
     def save(self, name: str, with_state: bool = True) -> Path:
+        """Write a checkpoint from rank 0; under DDP ``last`` is preceded by a check that ranks agree (every rank
+        calls it at the same step)."""
         from dbtk.engine.checkpoint import save_weights
 
         path = self.run_dir / "checkpoints" / f"{name}.safetensors"
+        if with_state:
+            distributed.require_in_sync(self.world, self.model)
+        if not self.world.is_main:
+            return path
         try:
             save_weights(path, self.model, self.recipe, self._state() if with_state else None)
         except OSError as exc:
@@ -253,7 +292,8 @@ class Trainer:
         """Train to the end (or Ctrl-C: ``last`` is saved at the step boundary, then KeyboardInterrupt)."""
         import signal
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
         self._started = time.perf_counter()
         info = {"recipe": recipes.dumps(self.recipe), "total_steps": self.total_steps, "start_step": self.position.step}
         for logger in self.loggers:
@@ -265,20 +305,34 @@ class Trainer:
 
         previous = signal.signal(signal.SIGINT, on_interrupt)
         try:
-            self._loop()
+            self._loop_or_lost_contact()
             if self.val_reader is None:
                 self.save("best", with_state=False)  # nothing to choose by: the final weights
         finally:
             signal.signal(signal.SIGINT, previous)
             for logger in self.loggers:
                 logger.close()
-            self._plot()
+            if self.world.is_main:
+                self._plot()
         return self.history[-1] if self.history else {}
+
+    def _loop_or_lost_contact(self) -> None:
+        try:
+            self._loop()
+        except RuntimeError as exc:
+            if not (self.world.distributed and distributed.is_collective_failure(exc)):
+                raise
+            raise DbtkError(
+                f"rank {self.world.rank} lost contact with the other training processes at step {self.position.step} "
+                f"({str(exc).splitlines()[0][:160]})",
+                hint=f"another process crashed or stalled for more than train.dist_timeout ({self.recipe.train.dist_timeout} s); "
+                "see its messages, then continue with --resume",
+            ) from None
 
     def _loop(self) -> None:
         train = self.recipe.train
         loader = self._loader()
-        model = self.model.train()
+        model = self.train_model.train()
         sums = torch.zeros(4, device=self.device)  # loss, prob, binary, thresh over the logging window
         window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
         while self.position.step < self.total_steps:
@@ -296,7 +350,9 @@ class Trainer:
                 if micro == 0:
                     snapshot = [b.clone() for b in self.norm_buffers]
                     loss_sum = torch.zeros((), device=self.device)
-                parts = self._forward_backward(model, batch)
+                last_micro = micro == train.accumulate - 1
+                with model.no_sync() if self.world.distributed and not last_micro else contextlib.nullcontext():
+                    parts = self._forward_backward(model, batch)  # gradients are averaged across ranks once per step
                 loss_sum = loss_sum + parts[0]
                 sums += parts
                 window_images += batch["images"].shape[0]
@@ -306,17 +362,21 @@ class Trainer:
                 micro = 0
                 self._optimizer_step(loss_sum, snapshot)
                 self.position.step += 1
-                self.position.batch += train.accumulate
-                if self.position.step % train.log_every == 0 or self.position.step == self.total_steps:
+                self.position.batch += self.micro_per_step
+                logging_step = self.position.step % train.log_every == 0 or self.position.step == self.total_steps
+                if logging_step:
                     elapsed = time.perf_counter() - window_start
                     self._log_train(sums, elapsed, data_wait, window_images)
                     sums.zero_()
                     window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
                 if train.val_every_steps and self.position.step % train.val_every_steps == 0:
                     self._validate()
-                if self._interrupted:
+                if self._should_stop(logging_step):
                     self.save("last")
                     raise KeyboardInterrupt
+                if self.position.step == self.stop_at:
+                    self.save("last")
+                    raise StopRequested
                 if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
                     self.save("last")
                 if self.position.step >= self.total_steps:
@@ -352,6 +412,7 @@ class Trainer:
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip if train.grad_clip > 0 else float("inf"))
         bad = (~torch.isfinite(norm) | ~torch.isfinite(loss_sum)).float()
+        bad = distributed.all_reduce(bad, "max")  # a step is skipped on every rank or on none (stays on the device)
         if self.fused:
             self.optimizer.found_inf = bad  # the fused kernel skips the update on the device
             self.optimizer.step()
@@ -367,15 +428,28 @@ class Trainer:
         self.bad_total += bad
         self.bad_run = (self.bad_run + bad) * bad
 
+    def _should_stop(self, logging_step: bool) -> bool:
+        """Ctrl-C: at once in one process; under DDP the ranks agree at the next logging step (signals reach
+        them at different moments, and a rank that stopped alone would leave the others waiting)."""
+        if not self.world.distributed:
+            return self._interrupted
+        if not logging_step:
+            return False
+        flag = torch.tensor(float(self._interrupted), device=self.device)
+        return bool(distributed.all_reduce(flag, "max").item())
+
     # ------------------------------------------------------------------ logging and validation
     def _log_train(self, sums: torch.Tensor, elapsed: float, data_wait: float, images: int) -> None:
-        values = (sums / max(images / self.recipe.train.batch_size, 1)).tolist()  # the one sync per window
+        totals = torch.cat([sums, sums.new_tensor([images, sum(self.skipped.values()), sum(self.repairs.values())])])
+        totals = distributed.all_reduce(totals).tolist()  # the one sync per window: every rank's batches
+        images, skipped, repaired = int(totals[4]), int(totals[5]), int(totals[6])
+        values = [v / max(images / self.recipe.train.batch_size, 1) for v in totals[:4]]
         bad_total, bad_run = int(self.bad_total.item()), int(self.bad_run.item())
         metrics = {
             "loss": values[0], "loss/prob": values[1], "loss/binary": values[2], "loss/thresh": values[3],
             "lr": self.optimizer.param_groups[0]["lr"], "images_per_second": images / elapsed if elapsed else 0.0,
             "data_wait_fraction": data_wait / elapsed if elapsed else 0.0, "epoch": self.position.epoch,
-            "bad_steps": bad_total, "skipped_samples": sum(self.skipped.values()), "repaired_polygons": sum(self.repairs.values()),
+            "bad_steps": bad_total, "skipped_samples": skipped, "repaired_polygons": repaired,
             "elapsed_seconds": time.perf_counter() - self._started,
         }
         self._emit(metrics)
@@ -398,6 +472,9 @@ class Trainer:
         from dbtk.infer.evaluate import evaluate_detector
 
         self._validated_at = self.position.step
+        if not self.world.is_main:  # rank 0 scores the full validation set; the others wait for it
+            distributed.barrier()
+            return
         detector = Detector.from_model(self.model, self.recipe, self.device)
         result = evaluate_detector(detector, self.val_reader)
         self.model.train()
@@ -407,6 +484,7 @@ class Trainer:
         if summary.hmean > self.best_hmean:
             self.best_hmean = summary.hmean
             self.save("best", with_state=False)
+        distributed.barrier()
 
     def _plot(self) -> None:
         from dbtk.engine.curves import write_curves
