@@ -144,11 +144,18 @@ class Registry:
         entry = self.resolve(kind, name)
         return self.load_entry(entry)
 
-    def load_entry(self, entry: Entry) -> Any:
+    def load_entry(self, entry: Entry, *, stdout_to_stderr: bool = True) -> Any:
+        """Import an entry once. Whatever a plugin prints while importing goes to stderr, so it cannot corrupt
+        a command's machine-readable stdout (``--json``)."""
         if entry in self._loaded:
             return self._loaded[entry]
+        import contextlib
+        import sys
+
+        redirect = contextlib.redirect_stdout(sys.stderr) if stdout_to_stderr else contextlib.nullcontext()
         try:
-            obj = _load_object(entry.value)
+            with redirect:
+                obj = _load_object(entry.value)
         except Exception as exc:  # a plugin may raise anything at import; report, don't crash the caller
             raise RegistryError(
                 f"{entry.describe()} failed to import: {type(exc).__name__}: {exc}",
@@ -249,6 +256,11 @@ class LoadStatus:
     ok: bool
     detail: str  # "ok", the import error, or "timed out after N s"
     stdout: str = ""  # anything the plugin printed while importing (it should print nothing)
+    timed_out: bool = False
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ok else "timed out" if self.timed_out else "broken"
 
 
 def check_entry(reg: Registry, entry: Entry, timeout: float) -> LoadStatus:
@@ -265,7 +277,7 @@ def check_entry(reg: Registry, entry: Entry, timeout: float) -> LoadStatus:
 
     def attempt() -> None:
         try:
-            reg.load_entry(entry)
+            reg.load_entry(entry, stdout_to_stderr=False)  # stdout is captured here instead
             outcome.append(LoadStatus(True, "ok"))
         except RegistryError as exc:
             cause = exc.__cause__
@@ -283,6 +295,6 @@ def check_entry(reg: Registry, entry: Entry, timeout: float) -> LoadStatus:
         sys.stdout = real_stdout
     printed = captured.getvalue()
     if not outcome:
-        return LoadStatus(False, f"timed out after {timeout:g} s while importing {entry.module}", printed)
+        return LoadStatus(False, f"timed out after {timeout:g} s while importing {entry.module}", printed, timed_out=True)
     result = outcome[0]
     return LoadStatus(result.ok, result.detail, printed)

@@ -45,6 +45,8 @@ def export(
     fmt = fmt or {".onnx": "onnx", ".safetensors": "safetensors"}.get(Path(out).suffix.lower())
     if fmt is None:
         raise DbtkError(f"cannot tell the format from '{out}'", hint="name it .onnx or .safetensors, or pass --format")
+    if Path(checkpoint).suffix.lower() == ".onnx":
+        raise DbtkError(f"{checkpoint} is an ONNX file; export starts from a dbtk checkpoint", hint="pass the .safetensors file it was exported from")
     if Path(out).resolve() == Path(checkpoint).resolve():
         raise DbtkError("--out is the checkpoint itself", hint="write the export to a new file")
     if fmt == "onnx":

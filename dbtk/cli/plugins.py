@@ -32,7 +32,7 @@ def plugins(as_json: bool, check: bool, timeout: float) -> None:
         }
         if check:
             status = check_entry(registry, entry, timeout)
-            row["status"] = "ok" if status.ok else "broken"
+            row["status"] = status.status
             row["detail"] = status.detail
             if status.stdout:
                 row["printed_on_import"] = status.stdout
@@ -59,7 +59,7 @@ def _print_table(rows: list[dict[str, str]], check: bool) -> None:
         cells = [escape(c) for c in (row["group"], row["name"], f"{row['distribution']} {row['version']}", row["object"])]
         if check:
             ok = row["status"] == "ok"
-            cells.append("[green]ok[/]" if ok else f"[red]broken[/]: {escape(row['detail'])}")
+            cells.append("[green]ok[/]" if ok else f"[red]{row['status']}[/]: {escape(row['detail'])}")
         table.add_row(*cells)
     _ui.console().print(table)
     if not rows:
