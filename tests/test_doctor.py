@@ -105,3 +105,54 @@ def test_doctor_on_this_machine() -> None:
     assert checks["plugins"]["status"] == "ok"
     required = run_dbtk("doctor", "--json", "--require-cuda")
     assert required.returncode == 1
+
+
+# ------------------------------------------------------------------------------------------------ --steps N
+HEALTHY_RUN_3060 = {
+    "steps": 50, "workers": 4, "batch_size": 2, "device": "cuda", "losses_logged": 50, "losses_finite": 50, "bad_steps": 0,
+    "loader_images_per_second": 96.0, "train_images_per_second": 31.5, "data_wait_fraction": 0.04, "skipped": {},
+    "peak_gb": 7.9, "total_gb": 11.7, "tf32": {"matmul": False, "cudnn": True, "capable": True},
+    "cudnn_benchmark": {"off": {"ms": 118.0}, "on": {"ms": 92.0}},
+}
+
+
+def test_run_rules_healthy_gpu() -> None:
+    found = {f.check: f for f in rules.run_findings(HEALTHY_RUN_3060, cpus=8)}
+    assert all(f.status == rules.OK for f in found.values())
+    assert "finite on all 50 of 50 steps" in found["recipe loss"].detail
+    assert "96.0 images/s with 4 workers (24.0 per worker)" in found["recipe data loading"].detail
+    assert "peak 7.9 of 11.7 GB" in found["recipe memory"].detail
+    assert "118 ms with cudnn.benchmark off, 92 ms on" in found["cudnn benchmark"].detail
+    assert "benchmark = True worthwhile" in found["cudnn benchmark"].fix
+    assert "allow_tf32" in found["tf32"].fix
+
+
+def test_run_rules_problems_each_with_a_fix() -> None:
+    starving = {**HEALTHY_RUN_3060, "workers": 1, "data_wait_fraction": 0.55, "skipped": {"corrupt": 3, "truncated": 1},
+                "losses_finite": 47, "bad_steps": 3, "cudnn_benchmark": {"off": {"ms": 120.0}, "on": {"error": "CUDNN_STATUS_NOT_SUPPORTED: FIND was unable to find an engine to execute this computation"}}}
+    found = {f.check: f for f in rules.run_findings(starving, cpus=8)}
+    assert found["recipe loss"].status == rules.FAIL and "3 of 50 steps" in found["recipe loss"].detail and "lower train.lr" in found["recipe loss"].fix
+    assert found["recipe data loading"].status == rules.WARN and "55%" in found["recipe data loading"].detail
+    assert "raise train.workers (this machine has 8 CPUs)" in found["recipe data loading"].fix
+    assert found["recipe samples"].status == rules.WARN and "corrupt 3, truncated 1" in found["recipe samples"].detail
+    assert found["cudnn benchmark"].status == rules.WARN and "halve train.batch_size and double train.accumulate" in found["cudnn benchmark"].fix
+
+    crashed = rules.run_findings({"steps": 50, "error": "RuntimeError: CUDA error: an illegal memory access was encountered"})
+    assert crashed[0].status == rules.FAIL and "smaller batch + accumulation" in crashed[0].fix
+
+
+def test_doctor_runs_recipe_steps_on_cpu(tmp_path) -> None:  # noqa: ANN001
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(
+        'name = "tiny"\n[model.decoder]\nchannels = 16\n[data]\n'
+        'format = { name = "synthetic", count = 12, width = 64, height = 64, min_height = 8, max_height = 16 }\n'
+        'train = "train"\nimage_size = 64\n[train]\nbatch_size = 2\nworkers = 1\n'
+    )
+    proc = run_dbtk("doctor", "--json", "--recipe", str(recipe), "--steps", "3", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    checks = {f["check"]: f for f in json.loads(proc.stdout)["findings"]}
+    assert checks["recipe loss"]["detail"] == "finite on all 3 of 3 steps"
+    assert "images/s with 1 worker" in checks["recipe data loading"]["detail"]
+    assert checks["recipe memory"]["status"] == "ok"
+    no_recipe = run_dbtk("doctor", "--steps", "3")
+    assert no_recipe.returncode == 2 and "--steps needs --recipe" in no_recipe.stderr

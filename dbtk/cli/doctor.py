@@ -9,10 +9,12 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
 @click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False), help="Also measure this recipe's model at its batch and image size.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe overrides for --recipe.")
+@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
+              help="With --recipe: also train N steps on the recipe's real data (throughput, data waits, skipped samples, finite loss, peak memory).")
 @click.option("--require-cuda", is_flag=True, help="Fail when no CUDA GPU is usable.")
 @click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds each probe may take before it is reported as hung.")
 @click.option("--out", "run_dir", default="runs", show_default=True, help="Where runs will be written (for the disk check).")
-def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], require_cuda: bool, timeout: float, run_dir: str) -> None:
+def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], steps: int, require_cuda: bool, timeout: float, run_dir: str) -> None:
     """Diagnose Python, torch/CUDA/cuDNN, GPUs, libraries, data loading, disk and plugins.
 
     Each probe runs in its own process with a timeout, so a hanging driver or plugin cannot hang doctor.
@@ -26,13 +28,18 @@ def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], r
     from dbtk.cli import _ui
     from dbtk.doctor import probes, rules
 
+    from dbtk.errors import DbtkError
+
+    if steps and not recipe_path:
+        raise DbtkError("--steps needs --recipe", hint="dbtk doctor --recipe recipes/rtx3060.toml --steps 50")
     workers = None
     if recipe_path:
         from dbtk import recipe as recipes
 
         workers = recipes.load(recipe_path, overrides).train.workers
     findings: list[rules.Finding] = [rules.Finding("python", rules.OK, f"Python {platform.python_version()} on {platform.platform()} ({sys.executable})")]
-    findings += rules.system_findings(probes.system_probe(Path(run_dir)), workers)
+    system = probes.system_probe(Path(run_dir))
+    findings += rules.system_findings(system, workers)
     jobs = {
         "torch": lambda: rules.torch_findings(probes.torch_probe(timeout), require_cuda),
         "libraries": lambda: rules.library_findings(probes.versions_probe(timeout)),
@@ -40,6 +47,8 @@ def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], r
     }
     if recipe_path:
         jobs["recipe"] = lambda: rules.recipe_findings(probes.measure_recipe(recipe_path, overrides, max(timeout, 300.0)))
+    if steps:
+        jobs["recipe run"] = lambda: rules.run_findings(probes.run_recipe(recipe_path, overrides, steps, max(timeout, 600.0)), system.get("cpu_count"))
 
     live = None if as_json else _start_live(findings)
     with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
@@ -92,6 +101,6 @@ def _start_live(findings):  # noqa: ANN001, ANN202
 
     from dbtk.cli import _ui
 
-    live = Live(_table(findings, pending=["torch", "libraries", "plugins"]), console=_ui.console(), auto_refresh=False)
+    live = Live(_table(findings, pending=["probes"]), console=_ui.console(), auto_refresh=False)
     live.start(refresh=True)
     return live

@@ -75,7 +75,7 @@ from dbtk.registry import registry, check_entry
 rows = []
 for e in registry.entries():
     s = check_entry(registry, e, TIMEOUT)
-    rows.append({"group": e.kind, "name": e.name, "distribution": e.dist, "status": "ok" if s.ok else "broken", "detail": s.detail})
+    rows.append({"group": e.kind, "name": e.name, "distribution": e.dist, "status": s.status, "detail": s.detail})
 print(json.dumps(rows))
 """
 
@@ -167,4 +167,83 @@ def measure_recipe(recipe_path: str, overrides: tuple[str, ...], timeout: float)
     result = run_probe(code, timeout)
     if result.get("status") == "timeout":
         return {"error": f"measuring the recipe took longer than {timeout:g} s"}
+    return result
+
+
+RUN_PROBE = r"""
+import json, math, resource, sys, tempfile, time
+import attrs
+from dbtk import recipe as recipes
+recipe = recipes.load(RECIPE, OVERRIDES)
+steps = STEPS
+# The recipe as written, minus everything that is not the training step: no validation, no loggers, no checkpoints
+# kept (they go to a temporary folder), one log line per step so every loss is seen.
+recipe = attrs.evolve(recipe, loggers=[], data=attrs.evolve(recipe.data, val=None),
+                      train=attrs.evolve(recipe.train, max_steps=steps, log_every=1, val_every=0, val_every_steps=0, checkpoint_every=0))
+import torch
+from dbtk.engine.trainer import Trainer
+out = {"steps": steps, "workers": recipe.train.workers, "batch_size": recipe.train.batch_size}
+try:
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(recipe, folder)
+        device = trainer.device
+        out["device"] = device.type
+        if device.type == "cuda":
+            out["tf32"] = {"matmul": torch.backends.cuda.matmul.allow_tf32, "cudnn": torch.backends.cudnn.allow_tf32,
+                           "capable": torch.cuda.get_device_capability(device)[0] >= 8}
+            torch.cuda.reset_peak_memory_stats(device)
+        # The data loader alone: how fast can it feed the step?
+        loader = trainer._loader()
+        iterator = iter(loader)
+        next(iterator)  # workers start up
+        start, images = time.perf_counter(), 0
+        for _ in range(min(steps * recipe.train.accumulate, len(loader) - 1, 20)):
+            images += next(iterator)["images"].shape[0]
+        loader_seconds = time.perf_counter() - start
+        del iterator
+        out["loader_images_per_second"] = images / loader_seconds if loader_seconds > 0 and images else None
+        trainer.run()
+        losses = [h["loss"] for h in trainer.history if "loss" in h]
+        out["losses_finite"] = sum(math.isfinite(v) for v in losses)
+        out["losses_logged"] = len(losses)
+        out["bad_steps"] = int(trainer.bad_total.item())
+        train_lines = [h for h in trainer.history if "images_per_second" in h]
+        rates = [h["images_per_second"] for h in train_lines[1:]] or [h["images_per_second"] for h in train_lines]
+        waits = [h["data_wait_fraction"] for h in train_lines[1:]] or [h["data_wait_fraction"] for h in train_lines]
+        out["train_images_per_second"] = sorted(rates)[len(rates) // 2] if rates else None
+        out["data_wait_fraction"] = sum(waits) / len(waits) if waits else None
+        out["skipped"] = dict(trainer.skipped)
+        if device.type == "cuda":
+            out["peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+            out["total_gb"] = torch.cuda.get_device_properties(device).total_memory / 2**30
+            model, size = trainer.model, recipe.data.crop or recipe.data.image_size
+            benchmark = {}
+            for flag in (False, True):
+                torch.backends.cudnn.benchmark = flag
+                try:
+                    x = torch.randint(0, 256, (recipe.train.batch_size, 3, size, size), dtype=torch.uint8, device=device)
+                    for attempt in range(3):
+                        torch.cuda.synchronize(device); start = time.perf_counter()
+                        with torch.autocast("cuda", dtype=trainer.dtype or torch.float32, enabled=trainer.dtype is not None):
+                            model(x, return_all=True)["binary"].float().mean().backward()
+                        torch.cuda.synchronize(device)
+                    benchmark["on" if flag else "off"] = {"ms": (time.perf_counter() - start) * 1e3}
+                except RuntimeError as exc:
+                    benchmark["on" if flag else "off"] = {"error": str(exc).strip().splitlines()[0][:200]}
+                model.zero_grad(set_to_none=True)
+            out["cudnn_benchmark"] = benchmark
+        else:
+            out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+except Exception as exc:
+    out["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+print(json.dumps(out))
+"""
+
+
+def run_recipe(recipe_path: str, overrides: tuple[str, ...], steps: int, timeout: float) -> dict[str, Any]:
+    """Train the recipe for ``steps`` steps on its real data (in a subprocess) and report what happened."""
+    code = RUN_PROBE.replace("RECIPE", repr(recipe_path)).replace("OVERRIDES", repr(list(overrides))).replace("STEPS", str(int(steps)))
+    result = run_probe(code, timeout)
+    if result.get("status") == "timeout":
+        return {"error": f"{steps} training steps took longer than {timeout:g} s"}
     return result

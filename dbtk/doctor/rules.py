@@ -181,5 +181,60 @@ def recipe_findings(measure: dict[str, Any]) -> list[Finding]:
     return findings
 
 
+def run_findings(run: dict[str, Any], cpus: int | None = None) -> list[Finding]:
+    """Advice from training the recipe for a few steps on its real data (see probes.run_recipe)."""
+    if "error" in run:
+        return [Finding("recipe run", FAIL, run["error"], _cudnn_fix(run["error"]))]
+    findings = []
+    steps, logged, finite = run["steps"], run.get("losses_logged", 0), run.get("losses_finite", 0)
+    if finite < logged or run.get("bad_steps"):
+        findings.append(Finding("recipe loss", FAIL, f"{logged - finite} of {logged} steps had a non-finite loss ({run.get('bad_steps', 0)} skipped)",
+                                "lower train.lr, use precision = 'bf16' or 'fp32', and check the data with 'dbtk clean-data SRC --check'"))
+    else:
+        findings.append(Finding("recipe loss", OK, f"finite on all {logged} of {steps} steps"))
+    workers, rate, loader_rate = run.get("workers", 0), run.get("train_images_per_second"), run.get("loader_images_per_second")
+    wait = run.get("data_wait_fraction")
+    if rate is not None:
+        if not loader_rate:
+            detail = f"training {rate:.1f} images/s"
+        elif workers:
+            detail = (f"training {rate:.1f} images/s; data loader alone {loader_rate:.1f} images/s with {workers} "
+                      f"worker{'s' if workers > 1 else ''} ({loader_rate / workers:.1f} per worker)")
+        else:
+            detail = f"training {rate:.1f} images/s; data loader alone {loader_rate:.1f} images/s in the main process (workers = 0)"
+        if wait is not None and wait > 0.2:
+            more = f"raise train.workers (this machine has {cpus} CPUs)" if cpus and workers < cpus - 1 else "enable data.cache = 'auto' or use smaller source images"
+            findings.append(Finding("recipe data loading", WARN, f"{detail}; the step waits for data {wait:.0%} of the time", more))
+        else:
+            findings.append(Finding("recipe data loading", OK, detail + (f"; waits for data {wait:.0%} of the time" if wait is not None else "")))
+    skipped = run.get("skipped") or {}
+    if skipped:
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items()))
+        findings.append(Finding("recipe samples", WARN, f"{sum(skipped.values())} samples skipped ({reasons})", "see which files with: dbtk clean-data SRC --check"))
+    if "peak_gb" in run:
+        findings.append(Finding("recipe memory", OK, f"peak {run['peak_gb']:.1f} of {run['total_gb']:.1f} GB during training"))
+    elif "peak_rss_gb" in run:
+        findings.append(Finding("recipe memory", OK, f"peak process memory {run['peak_rss_gb']:.1f} GB"))
+    findings += _benchmark_findings(run.get("cudnn_benchmark"))
+    tf32 = run.get("tf32")
+    if tf32 and tf32.get("capable") and not tf32.get("matmul"):
+        findings.append(Finding("tf32", OK, "TF32 matmul is off (cuDNN convolutions: " + ("on" if tf32.get("cudnn") else "off") + "); it only affects fp32 runs",
+                                "for fp32 recipes on this GPU: torch.backends.cuda.matmul.allow_tf32 = True is ~2x faster at slightly lower precision"))
+    return findings
+
+
+def _benchmark_findings(benchmark: dict[str, Any] | None) -> list[Finding]:
+    """cuDNN autotuning (benchmark = True) picks faster kernels but may need more workspace; check both."""
+    if not benchmark:
+        return []
+    off, on = benchmark.get("off", {}), benchmark.get("on", {})
+    if "error" in off or "error" in on:
+        failing = "on" if "error" in on else "off"
+        message = (on if failing == "on" else off)["error"]
+        return [Finding("cudnn benchmark", FAIL if failing == "off" else WARN, f"the model fails with cudnn.benchmark {failing}: {message}", _cudnn_fix(message))]
+    return [Finding("cudnn benchmark", OK, f"step {off['ms']:.0f} ms with cudnn.benchmark off, {on['ms']:.0f} ms on",
+                    "" if on["ms"] >= 0.9 * off["ms"] else "fixed input sizes (data.crop / image_size) make benchmark = True worthwhile")]
+
+
 def exit_code(findings: list[Finding]) -> int:
     return 1 if any(f.status == FAIL for f in findings) else 0
