@@ -37,12 +37,18 @@ class FPN(nn.Module):
         self.fuse = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        return self.fuse(torch.cat(self.scales(features), dim=1))
+
+    def scales(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The top-down pathway: one ``channels // levels`` map per level, all at the finest stride.
+
+        Public so decoders that only change how the levels are combined (DBNet++'s ASF) can build on it.
+        """
         laterals = [conv(f) for conv, f in zip(self.lateral, features, strict=True)]
         for i in range(len(laterals) - 1, 0, -1):  # top-down: coarse to fine
             laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
         size = laterals[0].shape[-2:]
-        outs = [
+        return [
             F.interpolate(conv(lat), size=size, mode="nearest") if i else conv(lat)
             for i, (conv, lat) in enumerate(zip(self.smooth, laterals, strict=True))
         ]
-        return self.fuse(torch.cat(outs, dim=1))

@@ -3,8 +3,9 @@
 An FPN top-down pathway gives one map per scale; ASF then learns, for every pixel, how much each scale should
 contribute: the concatenated levels go through a 3×3 convolution, an attention block produces one weight map
 per level (channel attention over a pooled descriptor, then spatial attention over the channel mean), and each
-level is scaled by its weights before the final concatenation. Only the attention is new relative to FPN; the
-output contract (``out_channels`` channels at the finest stride) is the same, so it drops into any recipe.
+level is scaled by its weights before the final concatenation. Only the attention is new relative to dbtk's FPN,
+which it extends; the output contract (``out_channels`` channels at the finest stride) is the same, so it drops into
+any recipe.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from dbtk.models.decoders import FPN
 
 __all__ = ["ASF", "ScaleAttention"]
 __version__ = "0.1.0"
@@ -65,38 +67,24 @@ class ScaleAttention(nn.Module):
         return self.to_levels(fused)  # N × levels × H × W
 
 
-class ASF(nn.Module):
+class ASF(FPN):
     """FPN neck with Adaptive Scale Fusion.
 
-    ``in_channels`` (given by dbtk): encoder channels per level, finest first. ``channels``: output channels;
-    each level contributes ``channels // levels`` of them. ``attention``: ``"scale_channel_spatial"`` (the paper's
-    best) or ``"scale_spatial"``.
+    Built on dbtk's FPN (its lateral, top-down and smoothing layers, via ``FPN.scales``); only the fusion differs.
+    ``in_channels`` (given by dbtk): encoder channels per level, finest first. ``channels``: output channels; each
+    level contributes ``channels // levels`` of them. ``attention``: ``"scale_channel_spatial"`` (the paper's best)
+    or ``"scale_spatial"``.
     """
 
     def __init__(self, in_channels: Sequence[int], channels: int = 256, attention: str = "scale_channel_spatial") -> None:
-        super().__init__()
         if attention not in ("scale_channel_spatial", "scale_spatial"):
             raise ValueError(f"attention must be 'scale_channel_spatial' or 'scale_spatial', got '{attention}'")
-        levels = len(in_channels)
-        if channels % levels:
-            raise ValueError(f"channels ({channels}) must be divisible by the number of levels ({levels})")
-        self.levels = levels
-        self.out_channels = channels
-        self.lateral = nn.ModuleList(nn.Conv2d(c, channels, 1, bias=False) for c in in_channels)
-        self.smooth = nn.ModuleList(nn.Conv2d(channels, channels // levels, 3, padding=1, bias=False) for _ in in_channels)
+        super().__init__(in_channels, channels)
         self.pre_attention = _conv_bn_relu(channels, channels, 3)
-        self.attention = ScaleAttention(channels, levels, channel_attention=attention == "scale_channel_spatial")
-        self.fuse = nn.Sequential(nn.BatchNorm2d(channels), nn.ReLU(inplace=True))
+        self.attention = ScaleAttention(channels, len(in_channels), channel_attention=attention == "scale_channel_spatial")
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
-        laterals = [conv(f) for conv, f in zip(self.lateral, features, strict=True)]
-        for i in range(len(laterals) - 1, 0, -1):  # top-down: coarse to fine
-            laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
-        size = laterals[0].shape[-2:]
-        levels = [
-            F.interpolate(conv(lat), size=size, mode="nearest") if i else conv(lat)
-            for i, (conv, lat) in enumerate(zip(self.smooth, laterals, strict=True))
-        ]
+        levels = self.scales(features)
         weights = self.attention(self.pre_attention(torch.cat(levels, dim=1)))
         weighted = [level * weights[:, i : i + 1] for i, level in enumerate(levels)]
         return self.fuse(torch.cat(weighted, dim=1))
