@@ -79,11 +79,11 @@ def _check(checkpoint: str, out: str, recipe: Recipe, images: tuple[str, ...]) -
     samples = _check_images(recipe, images)
     results = compare(Detector.from_checkpoint(checkpoint, "cpu"), Detector.load(out, "cpu"), samples)
     table = Table(title=f"{out} vs {checkpoint}", title_justify="left")
-    for column in ("image", "input (h × w)", "max |Δprob|", "boxes (checkpoint)", "boxes (export)", "boxes identical"):
+    for column in ("image", "input h×w", "max |Δp|", "boxes ckpt", "boxes export", "same boxes"):
         table.add_column(column, justify="left" if column == "image" else "right")
     for r in results:
         ok = r.max_abs_diff <= TOLERANCE
-        table.add_row(r.image, f"{r.input_size[0]} × {r.input_size[1]}", f"[{'green' if ok else 'red'}]{r.max_abs_diff:.2e}[/]",
+        table.add_row(r.image, f"{r.input_size[0]}×{r.input_size[1]}", f"[{'green' if ok else 'red'}]{r.max_abs_diff:.2e}[/]",
                       str(r.reference_boxes), str(r.export_boxes), "[green]yes[/]" if r.boxes_identical else "[red]no[/]")
     _ui.console().print(table)
     failed = [r.image for r in results if r.max_abs_diff > TOLERANCE or not r.boxes_identical]
