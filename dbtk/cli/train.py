@@ -67,10 +67,15 @@ def train(
     from dbtk.engine import distributed
     from dbtk.engine.trainer import Trainer
 
+    trainer = None
     try:
         trainer = Trainer(recipe, run_dir, resume_from=resume_from, device=device, stop_at=stop_at or 0)
         _run(trainer, recipe, run_dir, dry_run, resume_from is not None, main_rank)
+        distributed.barrier()  # under DDP the ranks tear down together, after rank 0's last write
     finally:
+        # Free DDP's reducer while the process group and the interpreter are fully alive: gloo work still held at
+        # interpreter shutdown can abort a rank (SIGABRT, "terminate called without an active exception").
+        del trainer
         distributed.leave()
 
 
