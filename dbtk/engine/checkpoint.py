@@ -19,13 +19,15 @@ from dbtk import recipe as recipes
 from dbtk.errors import DbtkError
 
 FORMAT = "dbtk-weights-1"
+#: atomic_write's temporaries are ``.NAME.<random>.tmp`` beside the file they will replace.
+TEMP_SUFFIX = ".tmp"
 
 
 def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     """Run ``write(temporary_path)`` then move the result over ``path``; on failure ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     os.close(handle)
     try:
         write(tmp)
@@ -38,6 +40,12 @@ def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(folder: Path) -> None:
+    """Delete temporaries of :func:`atomic_write` left by a process killed mid-write; the real files are intact."""
+    for stale in folder.glob(f".*.*{TEMP_SUFFIX}"):
+        stale.unlink(missing_ok=True)
 
 
 def save_weights(

@@ -294,8 +294,9 @@ class Trainer:
 
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            for stale in (self.run_dir / "checkpoints").glob(".*.safetensors.*.tmp"):
-                stale.unlink(missing_ok=True)  # left by a process killed mid-write; the real files are intact
+            from dbtk.engine.checkpoint import remove_stale_temporaries
+
+            remove_stale_temporaries(self.run_dir / "checkpoints")
         self._started = time.perf_counter()
         info = {"recipe": recipes.dumps(self.recipe), "total_steps": self.total_steps, "start_step": self.position.step}
         for logger in self.loggers:
