@@ -200,7 +200,7 @@ try:
         for _ in range(min(steps * recipe.train.accumulate, len(loader) - 1, 20)):
             images += next(iterator)["images"].shape[0]
         loader_seconds = time.perf_counter() - start
-        del iterator
+        del iterator, loader  # its persistent workers must not compete with the training run measured next
         out["loader_images_per_second"] = images / loader_seconds if loader_seconds > 0 and images else None
         trainer.run()
         losses = [h["loss"] for h in trainer.history if "loss" in h]
