@@ -58,10 +58,10 @@ def export(
 
     if fmt == "onnx":
         recipe = exporting.export_onnx(checkpoint, out, opset=opset, dynamic=dynamic, size=size, batch=batch)
-        shape = "N × 3 × H × W (H, W multiples of 32)" if dynamic else f"{batch} × 3 × {size or recipe.eval.long_side} × {size or recipe.eval.long_side}"
     else:
         recipe = exporting.export_bundle(checkpoint, out)
-        shape = "N × 3 × H × W (H, W multiples of 32)"
+    side = size or recipe.eval.long_side
+    shape = f"{batch} × 3 × {side} × {side}" if fmt == "onnx" and not dynamic else "N × 3 × H × W (H, W multiples of 32)"
     megabytes = Path(out).stat().st_size / 2**20
     _ui.console().print(f"[green]✓[/] {fmt} → {out} ({megabytes:.1f} MiB); input uint8 RGB {shape}, recipe '{recipe.name}' embedded")
     if check:
