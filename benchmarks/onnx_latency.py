@@ -31,7 +31,7 @@ def main() -> None:
 
     import onnxruntime
 
-    from dbtk.engine.checkpoint import save_weights
+    from dbtk.io.checkpoint import save_weights
     from dbtk.infer.detector import Detector
     from dbtk.infer.export import export_onnx
     from dbtk.models.builder import build_model

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dbtk.engine.checkpoint import read_weights
+from dbtk.io.checkpoint import read_weights
 from tests.conftest import REPO, run_dbtk
 
 RECIPE = """

@@ -29,7 +29,7 @@ def checkpoint(images: list[np.ndarray], tmp_path_factory: pytest.TempPathFactor
     (a random init's map is nearly constant) and a quarter of the first image's pixels above the threshold."""
     import torch
 
-    from dbtk.engine.checkpoint import save_weights
+    from dbtk.io.checkpoint import save_weights
     from dbtk.infer.detector import resize_for_inference
     from dbtk.models.builder import build_model
 

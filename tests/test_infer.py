@@ -184,7 +184,7 @@ def test_order_boxes_is_clockwise_from_top_left() -> None:
 def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
-    from dbtk.engine.checkpoint import save_weights
+    from dbtk.io.checkpoint import save_weights
     from dbtk.models.builder import build_model
 
     recipe = recipes.loads('[model.decoder]\nchannels = 32\n[eval]\nlong_side = 128\n[postprocess]\nbox_thresh = 0.0\nthresh = 0.2\n')
@@ -228,7 +228,7 @@ def test_detector_builds_once_and_writes_no_files(checkpoint: Path, monkeypatch:
 def test_checkpoint_errors_are_clear(tmp_path: Path) -> None:
     import pickle
 
-    from dbtk.engine.checkpoint import read_weights
+    from dbtk.io.checkpoint import read_weights
     from dbtk.errors import DbtkError
 
     fake = tmp_path / "model.safetensors"

@@ -74,7 +74,7 @@ def test_short_train_with_asf_decoder_and_csv_logger(tmp_path: Path) -> None:
     assert table[0] == ["step", "metric", "value"]
     assert {r[0] for r in table[1:] if r[1] == "loss"} == {"1", "3"}
     assert any(r[1] == "val/hmean" for r in table[1:])
-    from dbtk.engine.checkpoint import load_model
+    from dbtk.models.builder import load_model
 
     model, loaded = load_model(out / "checkpoints" / "best.safetensors")
     assert loaded.model.decoder.name == "asf" and type(model.decoder).__name__ == "ASF"

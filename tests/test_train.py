@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from dbtk import recipe as recipes
-from dbtk.engine.checkpoint import load_model, read_training_state
+from dbtk.io.checkpoint import read_training_state
+from dbtk.models.builder import load_model
 from dbtk.engine.trainer import Trainer
 from dbtk.errors import DbtkError
 from tests.conftest import REPO, run_dbtk
@@ -53,7 +54,7 @@ def tiny(precision: str = "fp32", **overrides: object) -> recipes.Recipe:
 
 
 def losses(trainer: Trainer) -> list[float]:
-    return [h["loss"] for h in trainer.history if "loss" in h]
+    return [h["loss"] for h in trainer.state.history if "loss" in h]
 
 
 def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -108,8 +109,8 @@ def test_nan_batch_is_skipped_and_counted(tmp_path: Path, monkeypatch: pytest.Mo
     trainer = Trainer(tiny(), tmp_path / "run")
     trainer.run()
     assert trainer.position.step == 6
-    assert int(trainer.bad_total.item()) == 1
-    assert trainer.history[-1]["bad_steps"] == 1
+    assert int(trainer.state.bad_total.item()) == 1
+    assert trainer.state.history[-1]["bad_steps"] == 1
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
 
 
@@ -185,13 +186,13 @@ def test_kill_9_during_checkpoint_write_leaves_previous_loadable(tmp_path: Path)
     proc.wait()
     last = run_dir / "checkpoints" / "last.safetensors"
     _, _, state = read_training_state(last)
-    assert state["position"][0] == 3  # the first checkpoint, intact
+    assert state["position"]["step"] == 3  # the first checkpoint, intact
     model, _ = load_model(last)
     assert model is not None
     resumed = run_dbtk("train", str(recipe_path), "--out", str(run_dir), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     _, _, state = read_training_state(last)
-    assert state["position"][0] == 6
+    assert state["position"]["step"] == 6
 
 
 def test_train_cli_dry_run_prints_before_importing_torch(tmp_path: Path) -> None:
@@ -241,7 +242,7 @@ def test_quickstart_learns(tmp_path: Path) -> None:
     trainer.run()
     train_losses = losses(trainer)
     assert train_losses[-1] < 0.5 * train_losses[0]
-    assert trainer.best_hmean > 0.5
+    assert trainer.state.best_hmean > 0.5
 
 
 def test_ctrl_c_saves_last_and_exits_130(tmp_path: Path) -> None:
@@ -259,7 +260,7 @@ def test_ctrl_c_saves_last_and_exits_130(tmp_path: Path) -> None:
     assert proc.returncode == 130, stderr
     assert "continue with --resume" in stderr and "Traceback" not in stderr
     _, _, state = read_training_state(run_dir / "checkpoints" / "last.safetensors")
-    assert 1 <= state["position"][0] < 400
+    assert 1 <= state["position"]["step"] < 400
 
 
 def test_tensorboard_logger_names_its_extra(tmp_path: Path) -> None:

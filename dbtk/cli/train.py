@@ -114,9 +114,9 @@ def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resumin
     except StopRequested:
         _ui.console().print(f"[green]✓[/] stopped after step {trainer.position.step} as asked; continue with --resume")
         return
-    best = f", best val hmean {trainer.best_hmean:.4f}" if trainer.best_hmean >= 0 else ""
+    best = f", best val hmean {trainer.state.best_hmean:.4f}" if trainer.state.best_hmean >= 0 else ""
     _ui.console().print(f"[green]✓[/] finished {trainer.position.step} steps{best}; run folder {run_dir}")
-    if trainer.skipped:
-        _ui.warn("skipped samples: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.skipped.items())))
-    if trainer.repairs:
-        _ui.warn("repaired polygons: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.repairs.items())) + " (see 'dbtk clean-data')")
+    if trainer.state.skipped:
+        _ui.warn("skipped samples: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.state.skipped.items())))
+    if trainer.state.repairs:
+        _ui.warn("repaired polygons: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.state.repairs.items())) + " (see 'dbtk clean-data')")

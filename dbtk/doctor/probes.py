@@ -122,7 +122,7 @@ import json, sys, time
 from dbtk import recipe as recipes
 recipe = recipes.load(RECIPE, OVERRIDES)
 import torch
-from dbtk.engine.device import resolve_device
+from dbtk.io.device import resolve_device
 from dbtk.models.builder import build_loss, build_model
 device = resolve_device(recipe.train.device)
 size = recipe.data.crop or recipe.data.image_size
@@ -193,7 +193,7 @@ try:
                            "capable": torch.cuda.get_device_capability(device)[0] >= 8}
             torch.cuda.reset_peak_memory_stats(device)
         # The data loader alone: how fast can it feed the step?
-        loader = trainer._loader()
+        loader = trainer.make_loader()
         iterator = iter(loader)
         next(iterator)  # workers start up
         start, images = time.perf_counter(), 0
@@ -203,16 +203,16 @@ try:
         del iterator, loader  # its persistent workers must not compete with the training run measured next
         out["loader_images_per_second"] = images / loader_seconds if loader_seconds > 0 and images else None
         trainer.run()
-        losses = [h["loss"] for h in trainer.history if "loss" in h]
+        losses = [h["loss"] for h in trainer.state.history if "loss" in h]
         out["losses_finite"] = sum(math.isfinite(v) for v in losses)
         out["losses_logged"] = len(losses)
-        out["bad_steps"] = int(trainer.bad_total.item())
-        train_lines = [h for h in trainer.history if "images_per_second" in h]
+        out["bad_steps"] = int(trainer.state.bad_total.item())
+        train_lines = [h for h in trainer.state.history if "images_per_second" in h]
         rates = [h["images_per_second"] for h in train_lines[1:]] or [h["images_per_second"] for h in train_lines]
         waits = [h["data_wait_fraction"] for h in train_lines[1:]] or [h["data_wait_fraction"] for h in train_lines]
         out["train_images_per_second"] = sorted(rates)[len(rates) // 2] if rates else None
         out["data_wait_fraction"] = sum(waits) / len(waits) if waits else None
-        out["skipped"] = dict(trainer.skipped)
+        out["skipped"] = dict(trainer.state.skipped)
         if device.type == "cuda":
             out["peak_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
             out["total_gb"] = torch.cuda.get_device_properties(device).total_memory / 2**30

@@ -1,61 +1,93 @@
-"""Training state (optimizer, scheduler, scaler, RNGs, position) as tensors + JSON — no pickle anywhere.
+"""Training state as one typed value: everything a checkpoint must carry for ``--resume`` to continue bit-for-bit.
 
-``flatten`` turns the state into (tensors, JSON text) for a safetensors file; ``unflatten`` reverses it. Nested
-dicts and lists are walked; tensors become entries keyed by their path, everything else stays in the JSON
-tree with a ``{"__tensor__": key}`` placeholder where a tensor was.
+:class:`TrainingState` is converted to and from a plain tree in exactly one place (:meth:`TrainingState.to_tree`
+and :meth:`TrainingState.from_tree`), both driven by the dataclass fields: a new field is saved and restored
+without touching either, and a checkpoint that lacks a field is refused by name rather than half-restored.
+The tree becomes safetensors tensors + JSON through :mod:`dbtk.io.tree` (never pickle).
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import random
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-PREFIX = "train_state/"
+from dbtk.errors import DbtkError
+
+#: Fields that older checkpoints may lack, with the value that reproduces what those versions did.
+OPTIONAL = {"repairs": dict, "val_skipped": dict}
 
 
-def flatten(tree: Any) -> tuple[dict[str, torch.Tensor], str]:
-    tensors: dict[str, torch.Tensor] = {}
+@dataclass
+class Position:
+    """Where training stands: completed optimizer steps, and the epoch/batch the next step starts from."""
 
-    def walk(node: Any, path: str) -> Any:
-        if isinstance(node, torch.Tensor):
-            key = PREFIX + path
-            tensors[key] = node.detach().to("cpu").contiguous()
-            return {"__tensor__": key}
-        if isinstance(node, dict):
-            return {"__dict__": [[walk(k, f"{path}.k{i}"), walk(v, f"{path}.{i}")] for i, (k, v) in enumerate(node.items())]}
-        if isinstance(node, (list, tuple)):
-            items = [walk(v, f"{path}.{i}") for i, v in enumerate(node)]
-            return {"__tuple__": items} if isinstance(node, tuple) else items
-        if isinstance(node, np.ndarray):
-            return {"__ndarray__": node.tolist(), "dtype": str(node.dtype)}
-        if isinstance(node, (np.integer, np.floating)):
-            return node.item()
-        return node
-
-    return tensors, json.dumps(walk(tree, "root"))
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0  # micro-batches of `epoch` already consumed (all processes)
 
 
-def unflatten(tensors: dict[str, torch.Tensor], text: str) -> Any:
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            if "__tensor__" in node:
-                return tensors[node["__tensor__"]]
-            if "__dict__" in node:
-                return {walk(k): walk(v) for k, v in node["__dict__"]}
-            if "__tuple__" in node:
-                return tuple(walk(v) for v in node["__tuple__"])
-            if "__ndarray__" in node:
-                return np.asarray(node["__ndarray__"], dtype=node["dtype"])
-            return {k: walk(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
+@dataclass
+class TrainingState:
+    """The trainer's own counters plus the state of the objects it drives (optimizer, scheduler, scaler, RNGs).
 
-    return walk(json.loads(text))
+    ``bad_total`` stays a device tensor during training (read only at log time: no host sync per step).
+    """
+
+    position: Position = field(default_factory=Position)
+    best_hmean: float = -1.0
+    bad_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    skipped: Counter = field(default_factory=Counter)  # training samples skipped, by reason
+    repairs: Counter = field(default_factory=Counter)  # training polygons repaired, by reason
+    val_skipped: Counter = field(default_factory=Counter)  # validation images skipped, by reason (last validation)
+    history: list[dict[str, float]] = field(default_factory=list)
+    optimizer: dict[str, Any] = field(default_factory=dict)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+    scaler: dict[str, Any] = field(default_factory=dict)
+    rng: dict[str, Any] = field(default_factory=dict)
+
+    def to_tree(self) -> dict[str, Any]:
+        """Every field, as dicts, lists, numbers and tensors."""
+        tree: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Position):
+                value = dataclasses.asdict(value)
+            elif isinstance(value, Counter):
+                value = dict(value)
+            tree[f.name] = value
+        return tree
+
+    @classmethod
+    def from_tree(cls, tree: Any, where: str = "checkpoint") -> TrainingState:
+        """The inverse of :meth:`to_tree`; a missing or unknown field is an error naming it."""
+        if not isinstance(tree, dict):
+            raise DbtkError(f"{where}: the training state is not a table")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - set(tree) - set(OPTIONAL))
+        unknown = sorted(set(tree) - names)
+        if missing or unknown:
+            detail = ", ".join([*(f"missing '{m}'" for m in missing), *(f"unknown '{u}'" for u in unknown)])
+            raise DbtkError(f"{where}: the training state does not match this dbtk version ({detail})",
+                            hint="resume with the dbtk version that wrote it, or start a new run")
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = tree.get(f.name, OPTIONAL.get(f.name, dict)())
+            if f.name == "position":
+                value = Position(**value)
+            elif f.type in ("Counter", Counter):
+                value = Counter(value)
+            elif f.name == "best_hmean":
+                value = float(value)
+            elif f.name == "history":
+                value = list(value)
+            values[f.name] = value
+        return cls(**values)
 
 
 def rng_state() -> dict[str, Any]:

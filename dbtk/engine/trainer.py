@@ -20,7 +20,6 @@ import math
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 from dbtk import recipe as recipes
 from dbtk.engine import distributed
 from dbtk.engine.distributed import World
+from dbtk.engine.state import TrainingState, rng_state, set_rng_state
 from dbtk.errors import DbtkError
 from dbtk.registry import Registry, registry as default_registry
 
@@ -42,15 +42,6 @@ class BadStepsError(DbtkError):
 
 class StopRequested(Exception):
     """Training stopped at the step ``--stop-at`` asked for; ``last`` is saved and ``--resume`` continues."""
-
-
-@dataclass
-class Position:
-    """Where training stands: completed optimizer steps, and the epoch/batch the next step starts from."""
-
-    step: int = 0
-    epoch: int = 0
-    batch: int = 0  # batches of `epoch` already consumed
 
 
 class EpochBatches:
@@ -111,6 +102,9 @@ def make_optimizer(model: torch.nn.Module, train: recipes.Train) -> torch.optim.
 
 
 class Trainer:
+    """Trains one recipe into one run folder. Construction builds everything (each part in its own method);
+    :meth:`run` trains; :meth:`make_loader` and :meth:`train_steps` are the public pieces the doctor measures."""
+
     def __init__(
         self,
         recipe: recipes.Recipe,
@@ -122,62 +116,52 @@ class Trainer:
         world: World | None = None,
         stop_at: int = 0,
     ) -> None:
-        from dbtk.data.dataset import DetectionDataset
-        from dbtk.engine.device import resolve_device
-        from dbtk.models.builder import build_loss, build_model
-
         self.recipe = recipe
         self.run_dir = Path(run_dir)
         self.reg = reg or default_registry
-        self.world = world or distributed.world_from_environment()
-        self.device = distributed.device_for(self.world, resolve_device(device or recipe.train.device))
-        distributed.join(self.world, self.device, recipe.train.dist_timeout)
-        distributed.require_same_recipe(self.world, recipes.dumps(recipe))
         self.stop_at = stop_at
-        train = recipe.train
-        torch.manual_seed(recipe.seed)
-        np.random.seed(recipe.seed % 2**32)
+        self._join_processes(device, world)
+        self._build_model()
+        self._build_data()
+        self._build_optimization()
+        self.state = TrainingState(bad_total=torch.zeros((), device=self.device))
+        self.bad_run = torch.zeros((), device=self.device)  # consecutive bad steps; restarts at 0 on resume
+        if resume_from is not None:
+            self._load(resume_from)
+        self.loggers = [self._logger(i, c) for i, c in enumerate(recipe.loggers)] if self.world.is_main else []
+        self._compiled = False
+        self._validated_at = -1
+        self._interrupted = False
+        self._started = time.perf_counter()
 
+    @property
+    def position(self):  # noqa: ANN201 - engine.state.Position
+        return self.state.position
+
+    # ------------------------------------------------------------------ construction helpers
+    def _join_processes(self, device: str | None, world: World | None) -> None:
+        """Device, process group (under torchrun) and seeds: the first things every rank agrees on."""
+        from dbtk.io.device import resolve_device
+
+        self.world = world or distributed.world_from_environment()
+        self.device = distributed.device_for(self.world, resolve_device(device or self.recipe.train.device))
+        distributed.join(self.world, self.device, self.recipe.train.dist_timeout)
+        distributed.require_same_recipe(self.world, recipes.dumps(self.recipe))
+        torch.manual_seed(self.recipe.seed)
+        np.random.seed(self.recipe.seed % 2**32)
+
+    def _build_model(self) -> None:
+        """The model (channels-last, SyncBatchNorm under DDP when asked), its DDP wrapper and the loss."""
+        from dbtk.models.builder import build_loss, build_model
+
+        train = self.recipe.train
         self.memory_format = torch.channels_last if train.channels_last else torch.contiguous_format
-        model = build_model(recipe.model, self.reg)
+        model = build_model(self.recipe.model, self.reg)
         if self.world.distributed and train.sync_bn:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.train_model = self._wrap(self.model)
-        self.loss_fn = build_loss(recipe.loss, self.reg)
-        if recipe.data.train is None:
-            raise DbtkError("data.train is not set", hint="point data.train at a dataset folder (see docs/recipes.md)")
-        reader = self._reader(recipe.data.train, "data.train")
-        self.dataset = DetectionDataset(reader, recipe.data, train=True, seed=recipe.seed)
-        self.val_reader = self._reader(recipe.data.val, "data.val") if recipe.data.val is not None else None
-        if len(self.dataset) < train.batch_size:
-            raise DbtkError(f"the training set has {len(self.dataset)} images, fewer than batch_size {train.batch_size}")
-
-        self.batches = EpochBatches(len(self.dataset), train.batch_size, train.accumulate, recipe.seed, self.world)
-        self.micro_per_step = train.accumulate * self.world.size
-        steps_per_epoch = self.batches.per_epoch // self.micro_per_step
-        if steps_per_epoch == 0:
-            raise DbtkError(
-                f"an epoch holds fewer batches than one step needs ({self.micro_per_step}: accumulate × processes)",
-                hint="lower accumulate or batch_size",
-            )
-        self.steps_per_epoch = steps_per_epoch
-        self.total_steps = train.max_steps or train.epochs * steps_per_epoch
-        self.optimizer = make_optimizer(self.model, train)
-        self.fused = bool(self.optimizer.defaults.get("fused"))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, make_schedule(train.scheduler, train.warmup_steps, self.total_steps)
-        )
-        self.dtype = DTYPES[train.precision]
-        scaler_class = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScaler  # torch 2.2 has only the CUDA one
-        self.scaler = scaler_class(self.device.type, enabled=train.precision == "fp16")
-        self.position = Position()
-        self.best_hmean = -1.0
-        self.bad_total = torch.zeros((), device=self.device)
-        self.bad_run = torch.zeros((), device=self.device)
-        self.skipped: Counter = Counter()
-        self.repairs: Counter = Counter()
-        self.history: list[dict[str, float]] = []
+        self.loss_fn = build_loss(self.recipe.loss, self.reg)
         # Running statistics a bad forward would corrupt; restored when its step is skipped.
         self.norm_buffers = [
             buffer
@@ -186,13 +170,41 @@ class Trainer:
             for buffer in (module.running_mean, module.running_var)
             if buffer is not None
         ]
-        if resume_from is not None:
-            self._load(resume_from)
-        self.loggers = [self._logger(i, c) for i, c in enumerate(recipe.loggers)] if self.world.is_main else []
-        self._compiled = False
-        self._validated_at = -1
 
-    # ------------------------------------------------------------------ construction helpers
+    def _build_data(self) -> None:
+        """Training dataset, validation reader and the resumable batch order; the step count follows from them."""
+        from dbtk.data.dataset import DetectionDataset
+
+        recipe, train = self.recipe, self.recipe.train
+        if recipe.data.train is None:
+            raise DbtkError("data.train is not set", hint="point data.train at a dataset folder (see docs/recipes.md)")
+        reader = self._reader(recipe.data.train, "data.train")
+        self.dataset = DetectionDataset(reader, recipe.data, train=True, seed=recipe.seed)
+        self.val_reader = self._reader(recipe.data.val, "data.val") if recipe.data.val is not None else None
+        if len(self.dataset) < train.batch_size:
+            raise DbtkError(f"the training set has {len(self.dataset)} images, fewer than batch_size {train.batch_size}")
+        self.batches = EpochBatches(len(self.dataset), train.batch_size, train.accumulate, recipe.seed, self.world)
+        self.micro_per_step = train.accumulate * self.world.size
+        self.steps_per_epoch = self.batches.per_epoch // self.micro_per_step
+        if self.steps_per_epoch == 0:
+            raise DbtkError(
+                f"an epoch holds fewer batches than one step needs ({self.micro_per_step}: accumulate × processes)",
+                hint="lower accumulate or batch_size",
+            )
+        self.total_steps = train.max_steps or train.epochs * self.steps_per_epoch
+
+    def _build_optimization(self) -> None:
+        """Optimizer (fused where possible), LR schedule, mixed-precision dtype and gradient scaler."""
+        train = self.recipe.train
+        self.optimizer = make_optimizer(self.model, train)
+        self.fused = bool(self.optimizer.defaults.get("fused"))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, make_schedule(train.scheduler, train.warmup_steps, self.total_steps)
+        )
+        self.dtype = DTYPES[train.precision]
+        scaler_class = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScaler  # torch 2.2 has only the CUDA one
+        self.scaler = scaler_class(self.device.type, enabled=train.precision == "fp16")
+
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """DistributedDataParallel under torchrun; the model itself otherwise."""
         if not self.world.distributed:
@@ -215,25 +227,19 @@ class Trainer:
             raise
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict[str, Any]:
-        from dbtk.engine.state import rng_state
-
-        return {
-            "position": [self.position.step, self.position.epoch, self.position.batch],
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "rng": rng_state(),
-            "best_hmean": self.best_hmean,
-            "bad_total": self.bad_total,
-            "skipped": dict(self.skipped),
-            "history": self.history,
-        }
+    def _snapshot(self) -> TrainingState:
+        """The state to save: the trainer's counters plus the optimizer, scheduler, scaler and RNGs as they are now."""
+        state = self.state
+        state.optimizer = self.optimizer.state_dict()
+        state.scheduler = self.scheduler.state_dict()
+        state.scaler = self.scaler.state_dict()
+        state.rng = rng_state()
+        return state
 
     def save(self, name: str, with_state: bool = True) -> Path:
         """Write a checkpoint from rank 0; under DDP ``last`` is preceded by a check that ranks agree (every rank
         calls it at the same step)."""
-        from dbtk.engine.checkpoint import save_weights
+        from dbtk.io.checkpoint import save_weights
 
         path = self.run_dir / "checkpoints" / f"{name}.safetensors"
         if with_state:
@@ -241,7 +247,7 @@ class Trainer:
         if not self.world.is_main:
             return path
         try:
-            save_weights(path, self.model, self.recipe, self._state() if with_state else None)
+            save_weights(path, self.model, self.recipe, self._snapshot().to_tree() if with_state else None)
         except OSError as exc:
             raise DbtkError(
                 f"could not write {path}: {exc.strerror or exc}; the previous checkpoint is intact",
@@ -250,31 +256,28 @@ class Trainer:
         return path
 
     def _load(self, path: Path) -> None:
-        from dbtk.engine.checkpoint import read_training_state
-        from dbtk.engine.state import set_rng_state
+        from dbtk.io.checkpoint import read_training_state
 
-        weights, _, state = read_training_state(path)
+        weights, _, tree = read_training_state(path)
+        state = TrainingState.from_tree(tree, where=str(path))
         try:
             self.model.load_state_dict(weights)
         except RuntimeError as exc:
             raise DbtkError(f"{path}: weights do not fit this recipe's model ({str(exc).splitlines()[0]})") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        self.optimizer.load_state_dict(state.optimizer)
         for param, param_state in self.optimizer.state.items():
             for key, value in param_state.items():  # saved contiguous; give moments their parameter's layout
                 if isinstance(value, torch.Tensor) and value.shape == param.shape:
                     param_state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        step, epoch, batch = state["position"]
-        self.position = Position(step, epoch, batch)
-        self.best_hmean = float(state["best_hmean"])
-        self.bad_total = state["bad_total"].to(self.device)
-        self.skipped = Counter(state["skipped"])
-        self.history = list(state["history"])
+        self.scheduler.load_state_dict(state.scheduler)
+        self.scaler.load_state_dict(state.scaler)
+        set_rng_state(state.rng)
+        state.bad_total = state.bad_total.to(self.device)
+        self.state = state
 
     # ------------------------------------------------------------------ the loop
-    def _loader(self) -> torch.utils.data.DataLoader:
+    def make_loader(self) -> torch.utils.data.DataLoader:
+        """The training DataLoader over :attr:`batches` (set its position first); public for the doctor's probe."""
         from dbtk.data.dataset import collate
 
         workers = self.recipe.train.workers
@@ -294,11 +297,11 @@ class Trainer:
 
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            from dbtk.engine.checkpoint import remove_stale_temporaries
+            from dbtk.io.atomic import remove_stale_temporaries
 
             remove_stale_temporaries(self.run_dir / "checkpoints")
         self._started = time.perf_counter()
-        info = {"recipe": recipes.dumps(self.recipe), "total_steps": self.total_steps, "start_step": self.position.step}
+        info = {"recipe": recipes.dumps(self.recipe), "total_steps": self.total_steps, "start_step": self.state.position.step}
         for logger in self.loggers:
             logger.start(info)
         self._interrupted = False
@@ -317,7 +320,7 @@ class Trainer:
                 logger.close()
             if self.world.is_main:
                 self._plot()
-        return self.history[-1] if self.history else {}
+        return self.state.history[-1] if self.state.history else {}
 
     def _loop_or_lost_contact(self) -> None:
         try:
@@ -326,7 +329,7 @@ class Trainer:
             if not (self.world.distributed and distributed.is_collective_failure(exc)):
                 raise
             raise DbtkError(
-                f"rank {self.world.rank} lost contact with the other training processes at step {self.position.step} "
+                f"rank {self.world.rank} lost contact with the other training processes at step {self.state.position.step} "
                 f"({str(exc).splitlines()[0][:160]})",
                 hint=f"another process crashed or stalled for more than train.dist_timeout ({self.recipe.train.dist_timeout} s); "
                 "see its messages, then continue with --resume",
@@ -334,12 +337,12 @@ class Trainer:
 
     def _loop(self) -> None:
         train = self.recipe.train
-        loader = self._loader()
+        loader = self.make_loader()
         model = self.train_model.train()
         sums = torch.zeros(4, device=self.device)  # loss, prob, binary, thresh over the logging window
         window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
-        while self.position.step < self.total_steps:
-            self.batches.set_position(self.position.epoch, self.position.batch)
+        while self.state.position.step < self.total_steps:
+            self.batches.set_position(self.state.position.epoch, self.state.position.batch)
             iterator = iter(loader)
             micro, finished_epoch = 0, True
             while True:
@@ -348,14 +351,14 @@ class Trainer:
                 data_wait += time.perf_counter() - waited
                 if batch is None:
                     break
-                self.skipped.update(batch.pop("skipped"))
-                self.repairs.update(batch.pop("repairs"))
+                self.state.skipped.update(batch.pop("skipped"))
+                self.state.repairs.update(batch.pop("repairs"))
                 if micro == 0:
                     snapshot = [b.clone() for b in self.norm_buffers]
                     loss_sum = torch.zeros((), device=self.device)
                 last_micro = micro == train.accumulate - 1
                 with model.no_sync() if self.world.distributed and not last_micro else contextlib.nullcontext():
-                    parts = self._forward_backward(model, batch)  # gradients are averaged across ranks once per step
+                    parts = self.forward_backward(model, batch)  # gradients are averaged across ranks once per step
                 loss_sum = loss_sum + parts[0]
                 sums += parts
                 window_images += batch["images"].shape[0]
@@ -363,38 +366,40 @@ class Trainer:
                 if micro < train.accumulate:
                     continue
                 micro = 0
-                self._optimizer_step(loss_sum, snapshot)
-                self.position.step += 1
-                self.position.batch += self.micro_per_step
-                logging_step = self.position.step % train.log_every == 0 or self.position.step == self.total_steps
+                self.optimizer_step(loss_sum, snapshot)
+                self.state.position.step += 1
+                self.state.position.batch += self.micro_per_step
+                logging_step = self.state.position.step % train.log_every == 0 or self.state.position.step == self.total_steps
                 if logging_step:
                     elapsed = time.perf_counter() - window_start
                     self._log_train(sums, elapsed, data_wait, window_images)
                     sums.zero_()
                     window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
-                if train.val_every_steps and self.position.step % train.val_every_steps == 0:
+                if train.val_every_steps and self.state.position.step % train.val_every_steps == 0:
                     self._validate()
                 if self._should_stop(logging_step):
                     self.save("last")
                     raise KeyboardInterrupt
-                if self.position.step == self.stop_at:
+                if self.state.position.step == self.stop_at:
                     self.save("last")
                     raise StopRequested
-                if train.checkpoint_every and self.position.step % train.checkpoint_every == 0:
+                if train.checkpoint_every and self.state.position.step % train.checkpoint_every == 0:
                     self.save("last")
-                if self.position.step >= self.total_steps:
-                    finished_epoch = self.position.batch >= self.batches.per_epoch
+                if self.state.position.step >= self.total_steps:
+                    finished_epoch = self.state.position.batch >= self.batches.per_epoch
                     break
             if finished_epoch:
-                self.position.epoch += 1
-                self.position.batch = 0
-                if train.val_every and self.position.epoch % train.val_every == 0:
+                self.state.position.epoch += 1
+                self.state.position.batch = 0
+                if train.val_every and self.state.position.epoch % train.val_every == 0:
                     self._validate()
-        if self.val_reader is not None and self._validated_at != self.position.step:
+        if self.val_reader is not None and self._validated_at != self.state.position.step:
             self._validate()  # the final weights are always scored, so best.safetensors always exists
         self.save("last")
 
-    def _forward_backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward_backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One micro-batch: to the device (channels-last), forward under autocast (compiled when the recipe asks),
+        loss, scaled backward. Returns the detached (loss, prob, binary, thresh) parts; never syncs the host."""
         if self.recipe.train.compile and not self._compiled:
             self.model_forward = torch.compile(model)
             self._compiled = True
@@ -408,7 +413,9 @@ class Trainer:
         missing = torch.zeros_like(losses["loss"])  # a plugin loss need only return "loss"
         return torch.stack([losses["loss"], *(losses.get(part, missing) for part in ("prob", "binary", "thresh"))]).detach()
 
-    def _optimizer_step(self, loss_sum: torch.Tensor, snapshot: list[torch.Tensor]) -> None:
+    def optimizer_step(self, loss_sum: torch.Tensor, snapshot: list[torch.Tensor]) -> None:
+        """Clip, skip on the device when the loss or gradient is not finite (BatchNorm statistics restored from
+        ``snapshot``), step the optimizer, scaler and schedule, and count bad steps — without a host sync."""
         train = self.recipe.train
         if self.scaler.is_enabled():
             self.scaler.unscale_(self.optimizer)
@@ -428,7 +435,7 @@ class Trainer:
         for buffer, saved in zip(self.norm_buffers, snapshot, strict=True):
             buffer.copy_(torch.where(restore, saved, buffer))  # undo BatchNorm statistics of a bad forward
         self.scheduler.step()
-        self.bad_total += bad
+        self.state.bad_total += bad
         self.bad_run = (self.bad_run + bad) * bad
 
     def _should_stop(self, logging_step: bool) -> bool:
@@ -443,15 +450,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ logging and validation
     def _log_train(self, sums: torch.Tensor, elapsed: float, data_wait: float, images: int) -> None:
-        totals = torch.cat([sums, sums.new_tensor([images, sum(self.skipped.values()), sum(self.repairs.values())])])
+        totals = torch.cat([sums, sums.new_tensor([images, sum(self.state.skipped.values()), sum(self.state.repairs.values())])])
         totals = distributed.all_reduce(totals).tolist()  # the one sync per window: every rank's batches
         images, skipped, repaired = int(totals[4]), int(totals[5]), int(totals[6])
         values = [v / max(images / self.recipe.train.batch_size, 1) for v in totals[:4]]
-        bad_total, bad_run = int(self.bad_total.item()), int(self.bad_run.item())
+        bad_total, bad_run = int(self.state.bad_total.item()), int(self.bad_run.item())
         metrics = {
             "loss": values[0], "loss/prob": values[1], "loss/binary": values[2], "loss/thresh": values[3],
             "lr": self.optimizer.param_groups[0]["lr"], "images_per_second": images / elapsed if elapsed else 0.0,
-            "data_wait_fraction": data_wait / elapsed if elapsed else 0.0, "epoch": self.position.epoch,
+            "data_wait_fraction": data_wait / elapsed if elapsed else 0.0, "epoch": self.state.position.epoch,
             "bad_steps": bad_total, "skipped_samples": skipped, "repaired_polygons": repaired,
             "elapsed_seconds": time.perf_counter() - self._started,
         }
@@ -459,14 +466,14 @@ class Trainer:
         if bad_run >= self.recipe.train.max_bad_steps:
             self.save("last")
             raise BadStepsError(
-                f"{bad_run} consecutive steps had a non-finite loss or gradient (at step {self.position.step})",
+                f"{bad_run} consecutive steps had a non-finite loss or gradient (at step {self.state.position.step})",
                 hint="lower train.lr, use precision = 'bf16' or 'fp32', or check the data with 'dbtk clean-data'",
             )
 
     def _emit(self, metrics: dict[str, float]) -> None:
-        self.history.append({"step": self.position.step, **metrics})
+        self.state.history.append({"step": self.state.position.step, **metrics})
         for logger in self.loggers:
-            logger.log(self.position.step, metrics)
+            logger.log(self.state.position.step, metrics)
 
     def _validate(self) -> None:
         if self.val_reader is None:
@@ -474,7 +481,7 @@ class Trainer:
         from dbtk.infer.detector import Detector
         from dbtk.infer.evaluate import evaluate_detector
 
-        self._validated_at = self.position.step
+        self._validated_at = self.state.position.step
         if not self.world.is_main:  # rank 0 scores the full validation set; the others wait for it
             distributed.barrier()
             return
@@ -484,12 +491,12 @@ class Trainer:
         summary = result.summary
         self._emit({"val/hmean": summary.hmean, "val/precision": summary.precision, "val/recall": summary.recall,
                     "val/seconds": result.seconds, "elapsed_seconds": time.perf_counter() - self._started})
-        if summary.hmean > self.best_hmean:
-            self.best_hmean = summary.hmean
+        if summary.hmean > self.state.best_hmean:
+            self.state.best_hmean = summary.hmean
             self.save("best", with_state=False)
         distributed.barrier()
 
     def _plot(self) -> None:
         from dbtk.engine.curves import write_curves
 
-        write_curves(self.history, self.run_dir / "curves.png")
+        write_curves(self.state.history, self.run_dir / "curves.png")

@@ -104,7 +104,7 @@ class Detector:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> Detector:
         """Load a dbtk weights file (``train`` checkpoint or ``export`` bundle): the recipe inside says the rest."""
-        from dbtk.engine.checkpoint import load_model
+        from dbtk.models.builder import load_model
 
         model, recipe = load_model(path)
         return cls.from_model(model, recipe, device)

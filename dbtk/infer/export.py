@@ -26,7 +26,9 @@ from torch import nn
 
 import dbtk
 from dbtk import recipe as recipes
-from dbtk.engine.checkpoint import atomic_write, load_model, save_weights, without_pretrained
+from dbtk.io.atomic import atomic_write
+from dbtk.io.checkpoint import save_weights, without_pretrained
+from dbtk.models.builder import load_model
 from dbtk.errors import DbtkError
 from dbtk.infer.detector import Detector, resize_for_inference
 from dbtk.infer.onnx_runtime import FORMAT, FORMAT_KEY, require

@@ -12,7 +12,7 @@ class TorchRuntime:
     input_size = None  # any multiple of 32
 
     def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
-        from dbtk.engine.device import resolve_device
+        from dbtk.io.device import resolve_device
 
         self.device = resolve_device(device) if isinstance(device, str) else device
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)

@@ -14,13 +14,12 @@ class ConsoleLogger:
         self.task = None
 
     def start(self, info: dict[str, Any]) -> None:
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        from dbtk.cli import _ui
 
         self.progress = Progress(
             TextColumn("[bold]train[/]"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=_ui.err_console(),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(), console=Console(stderr=True, highlight=False),
         )
         self.progress.start()
         self.task = self.progress.add_task("train", total=info["total_steps"], completed=info.get("start_step", 0), status="")

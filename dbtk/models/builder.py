@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
-    from dbtk.recipe import Component, Model
+    from dbtk.recipe import Component, Model, Recipe
     from dbtk.registry import Registry
 
 
@@ -86,3 +87,27 @@ def _default_registry() -> Registry:
 
     return registry
 
+
+def load_model(path: str | Path) -> tuple[torch.nn.Module, Recipe]:
+    """Build the model described by a checkpoint's recipe and load its weights (shapes and keys must match)."""
+    from dbtk.io.checkpoint import read_weights, without_pretrained
+
+    tensors, recipe, _ = read_weights(path)
+    model = build_model(without_pretrained(recipe).model)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or wrong:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {len(missing)} (e.g. {missing[0]})" if missing else "",
+                f"unexpected {len(unexpected)} (e.g. {unexpected[0]})" if unexpected else "",
+                f"wrong shape {len(wrong)} (e.g. {wrong[0]}: {tuple(tensors[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)})" if wrong else "",
+            )
+            if part
+        )
+        raise DbtkError(f"{path}: weights do not match the model its recipe describes: {detail}")
+    model.load_state_dict(tensors)
+    return model, recipe

@@ -73,15 +73,15 @@ def test_training_skips_and_counts_bad_images(hostile: Path, tmp_path: Path) -> 
     TALLY["hostile images (training)"] += len(HOSTILE)
     assert trainer.position.step == 6
     for reason in ("empty", "truncated", "too_large", "corrupt", "no_valid_polygons"):
-        assert trainer.skipped[reason] > 0, (reason, trainer.skipped)
+        assert trainer.state.skipped[reason] > 0, (reason, trainer.state.skipped)
     logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert logged[-1]["skipped_samples"] == sum(trainer.skipped.values()) > 0
+    assert logged[-1]["skipped_samples"] == sum(trainer.state.skipped.values()) > 0
 
 
 def test_eval_and_predict_report_bad_images(hostile: Path, tmp_path: Path) -> None:
     import torch
 
-    from dbtk.engine.checkpoint import save_weights
+    from dbtk.io.checkpoint import save_weights
     from dbtk.models.builder import build_model
 
     recipe = recipes.loads("[model.decoder]\nchannels = 16\n[eval]\nlong_side = 64\n")

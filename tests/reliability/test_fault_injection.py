@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dbtk.engine.checkpoint import read_training_state, read_weights
+from dbtk.io.checkpoint import read_training_state, read_weights
 from tests.conftest import REPO
 from tests.reliability.conftest import TALLY
 
@@ -153,5 +153,5 @@ def test_disk_full_keeps_previous_checkpoint(reference: tuple[Path, dict[str, to
     assert code == 2 and "Traceback" not in err, err
     assert lines[0].startswith("error: could not write") and "No space left on device" in lines[0] and "previous checkpoint is intact" in lines[0]
     _, _, state = read_training_state(run / "checkpoints" / "last.safetensors")
-    assert state["position"][0] == 2  # the last good write
+    assert state["position"]["step"] == 2  # the last good write
     assert not list((run / "checkpoints").glob(".*.tmp"))

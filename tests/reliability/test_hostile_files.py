@@ -29,7 +29,7 @@ class Payload:
 def good(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, recipes.Recipe]:
     import torch
 
-    from dbtk.engine.checkpoint import save_weights
+    from dbtk.io.checkpoint import save_weights
     from dbtk.models.builder import build_model
 
     recipe = recipes.loads('[model.decoder]\nchannels = 16\n[eval]\nlong_side = 64\n[data]\nformat = { name = "synthetic", count = 4 }\ntrain = "train"\n')
@@ -44,7 +44,7 @@ def _hostile(folder: Path, good: tuple[Path, dict, recipes.Recipe]) -> dict[str,
     """name -> (file, fragment the error must contain)."""
     from safetensors.torch import save_file
 
-    from dbtk.engine.checkpoint import FORMAT
+    from dbtk.io.checkpoint import FORMAT
 
     path, tensors, recipe = good
     text = recipes.dumps(recipe)

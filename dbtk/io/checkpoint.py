@@ -1,15 +1,12 @@
 """Checkpoint files: safetensors weights with the resolved recipe in the metadata. Never pickle.
 
-A weights file is self-describing: ``Detector.from_checkpoint`` rebuilds the model from the recipe stored in
-its metadata. Every write is atomic (temporary file in the same folder, fsync, rename), so a crash or a full
+A weights file is self-describing: :func:`dbtk.models.builder.load_model` rebuilds the model from the recipe
+stored in its metadata. Every write is atomic (temporary file in the same folder, fsync, rename), so a crash or a full
 disk leaves the previous file intact.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -17,35 +14,10 @@ import torch
 import dbtk
 from dbtk import recipe as recipes
 from dbtk.errors import DbtkError
+from dbtk.io.atomic import atomic_write
+from dbtk.io.tree import PREFIX, flatten, unflatten
 
 FORMAT = "dbtk-weights-1"
-#: atomic_write's temporaries are ``.NAME.<random>.tmp`` beside the file they will replace.
-TEMP_SUFFIX = ".tmp"
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> None:
-    """Run ``write(temporary_path)`` then move the result over ``path``; on failure ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    os.close(handle)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as stream:
-            os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; checkpoints are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temporaries(folder: Path) -> None:
-    """Delete temporaries of :func:`atomic_write` left by a process killed mid-write; the real files are intact."""
-    for stale in folder.glob(f".*.*{TEMP_SUFFIX}"):
-        stale.unlink(missing_ok=True)
 
 
 def save_weights(
@@ -59,12 +31,10 @@ def save_weights(
     (optimizer, scheduler, scaler, RNGs, position) in the same file, so weights and state can never disagree."""
     from safetensors.torch import save_file
 
-    from dbtk.engine import state
-
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     metadata = {**(extra_metadata or {}), "format": FORMAT, "dbtk_version": dbtk.__version__, "recipe": recipes.dumps(recipe)}
     if training_state is not None:
-        state_tensors, state_json = state.flatten(training_state)
+        state_tensors, state_json = flatten(training_state)
         tensors.update(state_tensors)
         metadata["train_state"] = state_json
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -72,14 +42,12 @@ def save_weights(
 
 def read_training_state(path: str | Path) -> tuple[dict[str, torch.Tensor], recipes.Recipe, object]:
     """Weights, recipe and training state of a ``checkpoints/last.safetensors`` file."""
-    from dbtk.engine import state
-
     tensors, recipe, metadata = read_weights(path, keep_state=True)
     if "train_state" not in metadata:
         raise DbtkError(f"{path} holds weights only, no training state to resume from", hint="resume from checkpoints/last.safetensors")
-    state_tensors = {k: v for k, v in tensors.items() if k.startswith(state.PREFIX)}
-    weights = {k: v for k, v in tensors.items() if not k.startswith(state.PREFIX)}
-    return weights, recipe, state.unflatten(state_tensors, metadata["train_state"])
+    state_tensors = {k: v for k, v in tensors.items() if k.startswith(PREFIX)}
+    weights = {k: v for k, v in tensors.items() if not k.startswith(PREFIX)}
+    return weights, recipe, unflatten(state_tensors, metadata["train_state"])
 
 
 def read_weights(path: str | Path, keep_state: bool = False) -> tuple[dict[str, torch.Tensor], recipes.Recipe, dict[str, str]]:
@@ -88,8 +56,6 @@ def read_weights(path: str | Path, keep_state: bool = False) -> tuple[dict[str, 
     Training-state tensors are left out unless ``keep_state``.
     """
     from safetensors import SafetensorError, safe_open
-
-    from dbtk.engine.state import PREFIX
 
     path = Path(path)
     if not path.is_file():
@@ -119,28 +85,3 @@ def without_pretrained(recipe: recipes.Recipe) -> recipes.Recipe:
         return recipe
     encoder = attrs.evolve(encoder, params={**encoder.params, "pretrained": False})
     return attrs.evolve(recipe, model=attrs.evolve(recipe.model, encoder=encoder))
-
-
-def load_model(path: str | Path) -> tuple[torch.nn.Module, recipes.Recipe]:
-    """Build the model described by a checkpoint's recipe and load its weights (shapes and keys must match)."""
-    from dbtk.models.builder import build_model
-
-    tensors, recipe, _ = read_weights(path)
-    model = build_model(without_pretrained(recipe).model)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    unexpected = sorted(set(tensors) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(tensors) if expected[k].shape != tensors[k].shape)
-    if missing or unexpected or wrong:
-        detail = "; ".join(
-            part
-            for part in (
-                f"missing {len(missing)} (e.g. {missing[0]})" if missing else "",
-                f"unexpected {len(unexpected)} (e.g. {unexpected[0]})" if unexpected else "",
-                f"wrong shape {len(wrong)} (e.g. {wrong[0]}: {tuple(tensors[wrong[0]].shape)} vs {tuple(expected[wrong[0]].shape)})" if wrong else "",
-            )
-            if part
-        )
-        raise DbtkError(f"{path}: weights do not match the model its recipe describes: {detail}")
-    model.load_state_dict(tensors)
-    return model, recipe
