@@ -17,7 +17,7 @@ import torch
 from dbtk import recipe as recipes
 from dbtk.io.checkpoint import read_training_state
 from dbtk.models.builder import load_model
-from dbtk.engine.trainer import Trainer
+from dbtk.engine.trainer import StopRequested, Trainer
 from dbtk.errors import DbtkError
 from tests.conftest import REPO, run_dbtk
 
@@ -188,7 +188,13 @@ def test_kill_9_during_checkpoint_write_leaves_previous_loadable(tmp_path: Path)
     _, _, state = read_training_state(last)
     assert state["position"]["step"] == 3  # the first checkpoint, intact
     model, _ = load_model(last)
-    assert model is not None
+    reference = Trainer(tiny(), tmp_path / "reference", stop_at=3)  # the same run, stopped cleanly at step 3
+    with pytest.raises(StopRequested):
+        reference.run()
+    loaded, expected = model.state_dict(), reference.model.state_dict()
+    assert loaded.keys() == expected.keys()
+    differ = [k for k in expected if not torch.allclose(loaded[k].double(), expected[k].double(), rtol=0, atol=1e-6)]
+    assert differ == [], f"the loaded checkpoint does not hold the step-3 weights: {differ[:5]}"
     resumed = run_dbtk("train", str(recipe_path), "--out", str(run_dir), "--resume")
     assert resumed.returncode == 0, resumed.stderr
     _, _, state = read_training_state(last)

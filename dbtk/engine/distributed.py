@@ -1,10 +1,10 @@
 """Distributed data parallel training, started explicitly with torchrun (never switched on by itself).
 
 ``torchrun --nproc_per_node N -m dbtk train RECIPE`` (or ``dbtk train RECIPE --nproc N``, which runs that
-command) sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; :func:`from_environment` reads them and joins the process
-group: NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``), gloo on CPU. Every collective has the recipe's
-``train.dist_timeout``, so a rank that dies or stalls makes the others fail with a message instead of hanging
-(torchrun itself also stops the remaining ranks when one exits with an error).
+command) sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; :func:`world_from_environment` reads them and :func:`join`
+joins the process group: NCCL on CUDA (one GPU per process, ``cuda:LOCAL_RANK``, see :func:`device_for`), gloo on
+CPU. Every collective has the recipe's ``train.dist_timeout``, so a rank that dies or stalls makes the others fail
+with a message instead of hanging (torchrun itself also stops the remaining ranks when one exits with an error).
 
 A step over N ranks with ``batch_size`` B and ``accumulate`` A is the same computation as one process with batch B
 and ``accumulate`` A × N: each rank takes every N-th micro-batch of the same seeded order and DDP averages the

@@ -4,7 +4,9 @@ A logger is built as ``factory(run_dir=Path, **recipe_params)`` and must provide
 
 - ``start(info: dict)`` — once, with ``recipe`` (TOML text), ``total_steps``, ``start_step`` (> 0 on resume);
 - ``log(step: int, metrics: dict[str, float])`` — every ``train.log_every`` optimizer steps and after each
-  validation; ``step`` is strictly increasing across the whole run, resume included;
+  validation; ``step`` never decreases across the whole run, resume included, but it may repeat: a validation
+  is logged at the step of the optimizer step it follows, so one step can get a training call and then a
+  separate validation call (``val/…`` metrics; both carry ``elapsed_seconds``). Never assume one call per step;
 - ``close()`` — once, also after errors and Ctrl-C.
 
 Loggers receive plain Python floats: the training loop synchronises with the device once per log call, never

@@ -8,8 +8,9 @@ from typing import Any
 
 
 class JsonlLogger:
-    """Appends ``{"step": N, ...metrics}`` lines; on resume, lines beyond the resumed step are dropped first so
-    steps stay strictly increasing (they were logged after the checkpoint and will be logged again)."""
+    """Appends ``{"step": N, ...metrics}`` lines; a step may have two (training, then validation). On resume,
+    lines beyond the resumed step are dropped first so steps stay non-decreasing (they were logged after the
+    checkpoint and will be logged again); lines at the resumed step itself are kept."""
 
     def __init__(self, run_dir: Path, filename: str = "metrics.jsonl") -> None:
         self.path = Path(run_dir) / filename

@@ -10,6 +10,10 @@ from torch import nn
 
 
 def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    """A same-size convolution, BatchNorm, ReLU block, public so decoder plugins (``dbtk-asf``) build their
+    layers from dbtk's API instead of keeping copies. The convolution has no bias: BatchNorm's shift replaces it.
+    Keep the children as they are (``0`` conv, ``1`` BatchNorm, ``2`` ReLU): they name the state-dict keys that
+    trained checkpoints of those plugins hold."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
         nn.BatchNorm2d(out_channels),

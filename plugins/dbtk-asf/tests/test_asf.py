@@ -42,3 +42,26 @@ def test_registered_under_dbtk_decoders() -> None:
 
     entry = registry.resolve("decoder", "asf")
     assert entry.dist == "dbtk-asf" and registry.load("decoder", "asf") is ASF
+
+
+def _batch_norm(prefix: str, channels: int) -> dict[str, tuple[int, ...]]:
+    stats = {"weight": (channels,), "bias": (channels,), "running_mean": (channels,), "running_var": (channels,)}
+    return {f"{prefix}.{name}": shape for name, shape in {**stats, "num_batches_tracked": ()}.items()}
+
+
+def test_state_dict_layout_is_stable() -> None:
+    """Trained ASF checkpoints load by key and shape, so the layout (FPN's layers, dbtk's ``conv_bn_relu`` as
+    ``pre_attention``, the attention branches) must not move when the code behind it is refactored."""
+    layout = {key: tuple(value.shape) for key, value in ASF([16, 32, 64, 128], channels=64).state_dict().items()}
+    assert layout == {
+        **{f"lateral.{i}.weight": (64, c, 1, 1) for i, c in enumerate([16, 32, 64, 128])},
+        **{f"smooth.{i}.weight": (16, 64, 3, 3) for i in range(4)},
+        **_batch_norm("fuse.0", 64),
+        "pre_attention.0.weight": (64, 64, 3, 3),
+        **_batch_norm("pre_attention.1", 64),
+        "attention.channel.1.weight": (16, 64, 1, 1),
+        "attention.channel.3.weight": (64, 16, 1, 1),
+        "attention.spatial.0.weight": (1, 1, 3, 3),
+        "attention.spatial.2.weight": (1, 1, 1, 1),
+        "attention.to_levels.0.weight": (4, 64, 1, 1),
+    }

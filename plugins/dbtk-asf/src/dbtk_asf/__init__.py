@@ -15,21 +15,13 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from dbtk.models.decoders import FPN
+from dbtk.models.decoders import FPN, conv_bn_relu
 
 __all__ = ["ASF", "ScaleAttention"]
 __version__ = "0.1.0"
 
 #: dbtk plugin API versions this package implements (checked by dbtk before use).
 DBTK_API_VERSIONS = (1, 1)
-
-
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
-        nn.ReLU(inplace=True),
-    )
 
 
 class ScaleAttention(nn.Module):
@@ -70,7 +62,8 @@ class ScaleAttention(nn.Module):
 class ASF(FPN):
     """FPN neck with Adaptive Scale Fusion.
 
-    Built on dbtk's FPN (its lateral, top-down and smoothing layers, via ``FPN.scales``); only the fusion differs.
+    Built on dbtk's FPN (its lateral, top-down and smoothing layers, via ``FPN.scales``) and dbtk's
+    ``conv_bn_relu`` (the 3×3 block before the attention); only the fusion differs.
     ``in_channels`` (given by dbtk): encoder channels per level, finest first. ``channels``: output channels; each
     level contributes ``channels // levels`` of them. ``attention``: ``"scale_channel_spatial"`` (the paper's best)
     or ``"scale_spatial"``.
@@ -80,7 +73,7 @@ class ASF(FPN):
         if attention not in ("scale_channel_spatial", "scale_spatial"):
             raise ValueError(f"attention must be 'scale_channel_spatial' or 'scale_spatial', got '{attention}'")
         super().__init__(in_channels, channels)
-        self.pre_attention = _conv_bn_relu(channels, channels, 3)
+        self.pre_attention = conv_bn_relu(channels, channels, kernel_size=3)
         self.attention = ScaleAttention(channels, len(in_channels), channel_attention=attention == "scale_channel_spatial")
 
     def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
