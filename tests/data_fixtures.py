@@ -69,6 +69,7 @@ def broken_dataset(root: Path) -> tuple[Path, dict[str, int]]:
         "self_intersection": 1,
         "orientation": 1,
         "zero_area": 1,
+        "no_valid_polygons": 1,  # flat.jpg: its only polygon is a line
         "duplicate_points": 2,
         "too_few_points": 1,
         "bad_line": 2,

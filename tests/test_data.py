@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from dbtk import recipe as recipes
 from dbtk.data import images as img
 from dbtk.data.augment import AugmentConfig, random_affine, transform_points
-from dbtk.data.dataset import DetectionDataset, clean_annotations, collate
+from dbtk.data.dataset import DetectionDataset, collate, usable_labels
 from dbtk.data.formats import ICDAR2015, ReceiptJSON, parse_icdar_line
 from dbtk.data.polygons import Reason, repair, short_side, signed_area
 from dbtk.data.synthetic import SyntheticText
@@ -135,7 +135,7 @@ def test_exif_rotation_moves_pixels_and_polygons_together(tmp_path: Path) -> Non
     for orientation in range(1, 9):
         root = write_icdar(tmp_path / str(orientation), {"r.jpg": (jpeg_bytes(stored, orientation), GOOD_LINE + "\n")})
         reader = ICDAR2015(recipes.Split(str(root)))
-        image, polygons, _, repairs = clean_annotations(reader.load(0), reader.exif)
+        image, polygons, _, repairs = usable_labels(reader.load(0), reader.exif)
         assert image.shape[:2] == ((64, 48) if orientation >= 5 else (48, 64))
         import cv2
 

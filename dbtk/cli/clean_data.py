@@ -51,8 +51,7 @@ def clean_data(
     workers = workers or os.cpu_count() or 1
     with _ui.progress("scanning", len(reader)) as advance:
         for index, result in clean.scan(reader, workers, min_size):
-            record = reader.records[index]
-            result_report.add_result(result, str(record.annotation_file or ""))
+            result_report.add_result(result)
             if writer is not None:
                 writer.add(reader, index, result)
             advance()

@@ -107,7 +107,8 @@ def _write_overlays(detector, reader, result, folder, worst: int) -> None:  # no
     import cv2
 
     from dbtk.cli import _ui
-    from dbtk.infer.evaluate import draw_overlay, ground_truth
+    from dbtk.data.labels import prepare
+    from dbtk.infer.evaluate import draw_overlay
 
     folder.mkdir(parents=True, exist_ok=True)
     names = {score.name: score for score in result.worst(worst)}
@@ -115,9 +116,9 @@ def _write_overlays(detector, reader, result, folder, worst: int) -> None:  # no
         if reader.name(index) not in names:
             continue
         sample = reader.load(index)
-        gt_points, gt_ignore = ground_truth(sample, reader.exif)
-        detections = detector.detect_arrays([sample.decoded.image])[0]
-        overlay = draw_overlay(sample.decoded.image, detections, names[sample.name], gt_points, gt_ignore)
+        labels = prepare(sample, reader.exif)  # the ground truth as scored (indices match the score's misses)
+        detections = detector.detect_arrays([labels.image])[0]
+        overlay = draw_overlay(labels.image, detections, names[sample.name], labels.polygons, labels.ignore)
         cv2.imwrite(str(folder / f"{Path(sample.name).stem}.jpg"), overlay)
     _ui.console().print(f"overlays of the {len(names)} worst images written to {folder} (green: matched ground truth, orange: missed, red: false positive)")
 

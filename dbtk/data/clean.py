@@ -1,8 +1,8 @@
 """Scan a dataset for problems and write a repaired copy — the library behind ``dbtk clean-data``.
 
-The source is only ever read. Every image goes through the same decoding and polygon repair as training
-(:func:`dbtk.data.dataset.clean_annotations`), so what clean-data reports is exactly what training would skip
-or change.
+The source is only ever read. Every image goes through the same decoding and the same label path as training
+(:func:`dbtk.data.labels.prepare`), so what clean-data reports is exactly what training would skip or change.
+It works with any registered reader (:class:`dbtk.data.reader.Reader`).
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from dbtk.data.formats import FileReader, Problem
 from dbtk.data.images import ImageError
-from dbtk.data.polygons import DROPPED, repair
+from dbtk.data.labels import prepare
+from dbtk.data.reader import Problem, Reader
 
 #: How many examples of each problem category the report and table keep.
 EXAMPLES_PER_CATEGORY = 5
@@ -30,6 +30,7 @@ class ImageResult:
     """What scanning one image found, and the repaired labels to write."""
 
     name: str
+    label_file: str = ""
     image_problem: tuple[str, str] | None = None  # (reason, detail) when the image is unusable
     rotated: int = 1  # EXIF orientation that was applied
     polygons: list[np.ndarray] = field(default_factory=list)
@@ -38,28 +39,26 @@ class ImageResult:
     findings: list[tuple[str, int | None, str, bool]] = field(default_factory=list)  # (reason, line, detail, dropped)
 
 
-def scan_image(reader: FileReader, index: int, min_size: float = 0.0) -> ImageResult:
-    """Decode one image and repair its polygons exactly as training does, recording every change."""
-    record = reader.records[index]
-    result = ImageResult(record.name)
+def scan_image(reader: Reader, index: int, min_size: float = 0.0) -> ImageResult:
+    """Decode one image and prepare its labels exactly as training does, recording every change."""
+    result = ImageResult(reader.name(index))
     try:
         sample = reader.load(index)
     except ImageError as exc:
         result.image_problem = (exc.reason, str(exc))
         return result
-    decoded = sample.decoded
-    result.rotated = decoded.orientation
-    height, width = decoded.image.shape[:2]
-    for annotation, points in zip(sample.annotations, sample.display_points(reader.exif), strict=True):
-        fixed = repair(points, width, height, ignore=annotation.ignore, min_size=min_size)
-        for reason in fixed.reasons:
-            result.findings.append((reason.value, annotation.line, _short(annotation.points), reason in DROPPED))
-        if not fixed.dropped:
-            result.polygons.append(fixed.points)
-            result.texts.append(annotation.text)
-            result.ignore.append(fixed.ignore)
-    if decoded.orientation != 1:
-        result.findings.append(("exif_rotated", None, f"EXIF orientation {decoded.orientation} applied", False))
+    result.label_file = sample.label_file
+    result.rotated = sample.decoded.orientation
+    labels = prepare(sample, reader.exif, min_size=min_size)
+    for finding in labels.findings:
+        points = sample.annotations[finding.index].points
+        result.findings.append((finding.reason.value, finding.line, _short(points), finding.dropped))
+    if labels.skip:
+        result.image_problem = (labels.skip, f"{sample.name}: none of its {len(sample.annotations)} polygons is usable")
+        return result
+    result.polygons, result.texts, result.ignore = labels.polygons, labels.texts, labels.ignore
+    if sample.decoded.orientation != 1:
+        result.findings.append(("exif_rotated", None, f"EXIF orientation {sample.decoded.orientation} applied", False))
     return result
 
 
@@ -92,8 +91,13 @@ class Report:
     def add_problem(self, problem: Problem) -> None:
         self.note(problem.reason, f"{problem.where()}: {problem.detail}")
 
-    def add_result(self, result: ImageResult, label_file: str) -> None:
+    def add_result(self, result: ImageResult) -> None:
         self.images += 1
+        for reason, line, detail, dropped in result.findings:
+            where = f"{result.label_file or result.name}:{line}" if line is not None else result.name
+            self.note(reason, f"{where}: {detail}")
+            if dropped:
+                self.dropped.append({"image": result.name, "file": result.label_file, "line": line, "reason": reason, "points": detail})
         if result.image_problem is not None:
             reason, detail = result.image_problem
             self.note(reason, detail)
@@ -101,11 +105,6 @@ class Report:
             return
         self.usable_images += 1
         self.polygons_kept += len(result.polygons)
-        for reason, line, detail, dropped in result.findings:
-            where = f"{label_file}:{line}" if line is not None else f"{result.name}"
-            self.note(reason, f"{where}: {detail}")
-            if dropped:
-                self.dropped.append({"image": result.name, "file": label_file, "line": line, "reason": reason, "points": detail})
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -123,26 +122,26 @@ class Report:
 
 
 class Writer:
-    """Writes the repaired copy in the source's format (ICDAR2015 folders or receipt JSON)."""
+    """Writes the repaired copy: receipt JSON for a receipt-JSON source, ICDAR2015 folders for any other reader."""
 
     def __init__(self, destination: Path, format_name: str) -> None:
         self.destination = destination
-        self.format = format_name
+        self.format = "receipt-json" if format_name == "receipt-json" else "icdar2015"
         self.images = destination / "images"
         self.labels = destination / "gts"
         self.images.mkdir(parents=True, exist_ok=True)
-        if format_name == "icdar2015":
+        if self.format == "icdar2015":
             self.labels.mkdir(exist_ok=True)
         self.json_images: dict[str, Any] = {}
 
-    def add(self, reader: FileReader, index: int, result: ImageResult) -> None:
+    def add(self, reader: Reader, index: int, result: ImageResult) -> None:
         if result.image_problem is not None:
             return
-        record = reader.records[index]
-        target = self.images / record.name
-        if result.rotated == 1:
-            shutil.copyfile(record.image_path, target)
-        else:  # store upright pixels without the EXIF tag, so every tool sees what the labels describe
+        name, source = reader.name(index), reader.source(index)
+        target = self.images / name
+        if result.rotated == 1 and source is not None:
+            shutil.copyfile(source, target)
+        else:  # generated pixels, or upright pixels without the EXIF tag so every tool sees what the labels describe
             import cv2
 
             image = reader.load(index).decoded.image
@@ -152,13 +151,13 @@ class Writer:
                 ",".join(str(int(round(v))) for v in quad.ravel()) + "," + ("###" if ign else text)
                 for quad, text, ign in zip(map(_as_quad, result.polygons), result.texts, result.ignore, strict=True)
             ]
-            (self.labels / f"gt_{Path(record.name).stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
+            (self.labels / f"gt_{Path(name).stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""), encoding="utf-8")
         else:
             words = {
                 f"{i + 1:04d}": {"points": np.round(p, 2).tolist(), **({"transcription": "###"} if ign else {})}
                 for i, (p, ign) in enumerate(zip(result.polygons, result.ignore, strict=True))
             }
-            self.json_images[record.name] = {"words": words}
+            self.json_images[name] = {"words": words}
 
     def close(self) -> None:
         if self.format != "icdar2015":
@@ -182,7 +181,7 @@ def _as_quad(points: np.ndarray) -> np.ndarray:
 
 
 def scan(
-    reader: FileReader,
+    reader: Reader,
     workers: int,
     min_size: float = 0.0,
 ) -> Iterator[tuple[int, ImageResult]]:
@@ -198,10 +197,10 @@ def scan(
         yield from zip(indices, pool.map(_scan_in_worker, indices, chunksize=4), strict=True)
 
 
-_worker_state: tuple[FileReader, float] | None = None
+_worker_state: tuple[Reader, float] | None = None
 
 
-def _init_worker(reader: FileReader, min_size: float) -> None:
+def _init_worker(reader: Reader, min_size: float) -> None:
     global _worker_state
     _worker_state = (reader, min_size)
 

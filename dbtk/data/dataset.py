@@ -17,18 +17,19 @@ import os
 import tempfile
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dbtk.data.augment import AugmentConfig, color_jitter, random_affine, transform_points, warp
-from dbtk.data.formats import RawSample
 from dbtk.data.images import ImageError
+from dbtk.data.labels import prepare
 from dbtk.data.polygons import repair
 from dbtk.data.targets import make_targets
 from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
+    from dbtk.data.reader import RawSample, Reader
     from dbtk.recipe import Data
 
 log = logging.getLogger("dbtk.data")
@@ -40,40 +41,23 @@ MAX_REPLACEMENTS = 16
 TARGET_KEYS = ("shrink_map", "shrink_mask", "thresh_map", "thresh_mask")
 
 
-class Reader(Protocol):
-    """What the dataset needs from a registered reader (``dbtk.datasets`` entry point)."""
-
-    exif: str
-    problems: list
-
-    def __len__(self) -> int: ...
-    def load(self, index: int) -> RawSample: ...
-    def identity(self, index: int) -> str: ...
-
-
 class SampleError(Exception):
-    """A sample that must be skipped; ``reason`` is its report category."""
+    """A sample that must be skipped; ``reason`` is its report category, ``repairs`` what the label path changed
+    before deciding (counted like any other sample's, so training reports what clean-data reports)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, repairs: Counter | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.repairs = repairs or Counter()
 
 
-def clean_annotations(sample: RawSample, exif: str) -> tuple[np.ndarray, list[np.ndarray], list[bool], Counter]:
-    """Orient and repair a raw sample's polygons; returns image, polygons, ignore flags and repair counts."""
-    image = sample.decoded.image
-    height, width = image.shape[:2]
-    repairs: Counter = Counter()
-    polygons, ignore = [], []
-    for annotation, points in zip(sample.annotations, sample.display_points(exif), strict=True):
-        fixed = repair(points, width, height, ignore=annotation.ignore)
-        repairs.update(r.value for r in fixed.reasons)
-        if not fixed.dropped:
-            polygons.append(fixed.points)
-            ignore.append(fixed.ignore)
-    if sample.annotations and not polygons:
-        raise SampleError("no_valid_polygons", f"{sample.name}: none of its {len(sample.annotations)} polygons is usable")
-    return image, polygons, ignore, repairs
+def usable_labels(sample: RawSample, exif: str) -> tuple[np.ndarray, list[np.ndarray], list[bool], Counter]:
+    """The one label path (:func:`dbtk.data.labels.prepare`) for training: image, polygons, ignore flags and
+    repair counts, or :class:`SampleError` when the sample must be skipped."""
+    labels = prepare(sample, exif)
+    if labels.skip:
+        raise SampleError(labels.skip, f"{sample.name}: none of its {len(sample.annotations)} polygons is usable", labels.repairs)
+    return labels.image, labels.polygons, labels.ignore, labels.repairs
 
 
 class SampleCache:
@@ -160,6 +144,7 @@ class DetectionDataset:
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         skipped: Counter = Counter()
+        repairs: Counter = Counter()
         n = len(self.reader)
         epoch, first = divmod(int(index), n)
         for attempt in range(MAX_REPLACEMENTS):
@@ -168,9 +153,11 @@ class DetectionDataset:
                 sample = self._build(sample_index, epoch)
             except (ImageError, SampleError) as exc:
                 skipped[exc.reason] += 1
+                repairs.update(getattr(exc, "repairs", ()))
                 self._log_once(exc.reason, str(exc))
                 continue
             sample["skipped"] = dict(skipped)
+            sample["repairs"] = dict(repairs + Counter(sample["repairs"]))
             return sample
         raise DbtkError(
             f"{MAX_REPLACEMENTS} samples in a row could not be loaded (last: {', '.join(skipped)})",
@@ -182,14 +169,17 @@ class DetectionDataset:
             self._logged.add(reason)
             log.warning("skipping sample (%s): %s; further '%s' samples are counted silently", reason, message, reason)
 
-    def _source(self, index: int) -> tuple[np.ndarray, list[np.ndarray], list[bool], Counter]:
+    def page(self, index: int) -> tuple[np.ndarray, list[np.ndarray], list[bool], Counter]:
+        """Sample ``index`` before augmentation: decoded image, its labels after the one label path, and the repair
+        counts (empty on a cache hit: they were counted when the entry was made). Raises
+        :class:`dbtk.data.images.ImageError` or :class:`SampleError` for a sample to skip."""
         identity = self.reader.identity(index) if self.cache else ""
         if self.cache and not self.deterministic:
             hit = self.cache.get(identity)
             if hit is not None:
                 polygons, ignore = _unpack_polygons(hit)
                 return hit["image"], polygons, ignore, Counter()
-        image, polygons, ignore, repairs = clean_annotations(self.reader.load(index), self.reader.exif)
+        image, polygons, ignore, repairs = usable_labels(self.reader.load(index), self.reader.exif)
         if self.cache and not self.deterministic:
             self.cache.put(identity, {"image": image, **_pack_polygons(polygons, ignore)})
         return image, polygons, ignore, repairs
@@ -199,7 +189,7 @@ class DetectionDataset:
             hit = self.cache.get(self.reader.identity(index))
             if hit is not None:
                 return {"image": hit["image"], **{k: hit[k] for k in TARGET_KEYS}, "repairs": {}}
-        image, polygons, ignore, repairs = self._source(index)
+        image, polygons, ignore, repairs = self.page(index)
         rng = np.random.default_rng([self.seed, epoch, index])
         height, width = image.shape[:2]
         matrix = random_affine(rng, width, height, polygons, ignore, self.config)

@@ -1,112 +1,31 @@
-"""Dataset readers (the ``dbtk.datasets`` entry-point group): ICDAR2015 folders and receipt JSON.
+"""File-based dataset readers (the ``dbtk.datasets`` entry-point group): ICDAR2015 folders and receipt JSON.
 
-A reader indexes a split when constructed — parse problems are collected, never raised — and loads one
-sample at a time. Every reader returns the same :class:`RawSample`, with polygons as written in the files;
-repair and EXIF handling happen in :mod:`dbtk.data.dataset` so all formats get them alike.
+Both meet the one reader contract, :class:`dbtk.data.reader.Reader`; polygons come back as written, and
+orientation and repair happen in :func:`dbtk.data.labels.prepare` so all formats get them alike.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.images import Decoded, orient_points, read_image
+from dbtk.data.reader import EXIF_FRAMES, Annotation, FileReader, Problem, Record
 from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
+    from dbtk.data.reader import Reader
     from dbtk.recipe import Split
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 DONT_CARE = "###"
 
 
-@dataclass(frozen=True)
-class Problem:
-    """A problem found while reading annotations: ``file:line`` plus a reason code for counting."""
-
-    file: str
-    line: int | None
-    reason: str
-    detail: str
-
-    def where(self) -> str:
-        return f"{self.file}:{self.line}" if self.line is not None else self.file
-
-
-@dataclass
-class Annotation:
-    points: np.ndarray  # (N, 2) float64 as written (stored-pixel coordinates)
-    text: str = ""
-    ignore: bool = False
-    line: int | None = None  # where it came from, for reports
-
-
-@dataclass
-class Record:
-    """One indexed image: where its pixels and labels are."""
-
-    name: str
-    image_path: Path
-    annotations: list[Annotation]
-    annotation_file: Path | None = None
-
-
-@dataclass
-class RawSample:
-    name: str
-    decoded: Decoded
-    annotations: list[Annotation]
-
-    def display_points(self, exif: str) -> list[np.ndarray]:
-        """Each annotation's points in the coordinates of the decoded (EXIF-rotated) image.
-
-        ``exif`` is the reader's convention: "stored" labels follow the stored pixels and are rotated with them;
-        "display" labels were drawn on the rotated image already.
-        """
-        decoded = self.decoded
-        if exif != "stored" or decoded.orientation == 1:
-            return [a.points for a in self.annotations]
-        return [orient_points(a.points, decoded.orientation, decoded.stored_size) for a in self.annotations]
-
-
-@dataclass
-class FileReader:
-    """Base for readers whose images are files; subclasses fill ``records`` and ``problems``."""
-
-    records: list[Record] = field(default_factory=list)
-    problems: list[Problem] = field(default_factory=list)
-    #: Frame of the annotation coordinates for EXIF-rotated photos: "stored" pixels (what most annotation tools
-    #: and ICDAR files use) or "display" (annotated on the already rotated image).
-    exif: str = "stored"
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def name(self, index: int) -> str:
-        return self.records[index].name
-
-    def load(self, index: int) -> RawSample:
-        record = self.records[index]
-        return RawSample(record.name, read_image(record.image_path), record.annotations)
-
-    def identity(self, index: int) -> str:
-        """Changes whenever the image file or its labels change (for the target cache key)."""
-        record = self.records[index]
-        stat = record.image_path.stat()
-        labels = hashlib.sha256(
-            json.dumps([[a.points.tolist(), a.ignore] for a in record.annotations]).encode()
-        ).hexdigest()
-        return f"{record.image_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{labels}"
-
-
 def _check_exif(exif: str) -> str:
-    if exif not in ("stored", "display"):
+    if exif not in EXIF_FRAMES:
         raise DbtkError(f"exif must be 'stored' or 'display', got {exif!r}")
     return exif
 
@@ -251,7 +170,7 @@ def default_format(annotations: str | None) -> str:
     return "receipt-json" if annotations and Path(annotations).is_file() else "icdar2015"
 
 
-def open_split(images: str, annotations: str | None = None, format_name: str | None = None) -> FileReader:
+def open_split(images: str, annotations: str | None = None, format_name: str | None = None) -> Reader:
     """A reader for a split named on the command line."""
     from dbtk.recipe import Split
     from dbtk.registry import registry

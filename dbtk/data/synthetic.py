@@ -7,12 +7,13 @@ Used by the quickstart recipe and by tests.
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.formats import Annotation, Problem, RawSample
 from dbtk.data.images import Decoded
+from dbtk.data.reader import Annotation, Problem, RawSample
 
 if TYPE_CHECKING:
     from dbtk.recipe import Split
@@ -29,7 +30,6 @@ class SyntheticText:
     """
 
     exif = "display"
-    problems: list[Problem] = []
 
     def __init__(
         self,
@@ -52,13 +52,17 @@ class SyntheticText:
         self.rotate = rotate
         self.seed = seed
         self.split_key = zlib.crc32(name.encode())
-        self.problems = []
+        self.problems: list[Problem] = []
 
     def __len__(self) -> int:
         return self.count
 
     def name(self, index: int) -> str:
         return f"synthetic_{index:05d}.png"
+
+    def source(self, index: int) -> Path | None:
+        """Generated pixels: there is no file to copy (clean-data writes the decoded image)."""
+        return None
 
     def identity(self, index: int) -> str:
         return f"synthetic|{self.seed}|{self.split_key}|{index}|{self.width}x{self.height}|{self.max_lines}"

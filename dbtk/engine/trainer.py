@@ -16,6 +16,7 @@ What makes it safe and fast:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import time
 from collections import Counter
@@ -32,6 +33,8 @@ from dbtk.engine.distributed import World
 from dbtk.engine.state import TrainingState, rng_state, set_rng_state
 from dbtk.errors import DbtkError
 from dbtk.registry import Registry, registry as default_registry
+
+log = logging.getLogger("dbtk.train")
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -131,6 +134,7 @@ class Trainer:
         self.loggers = [self._logger(i, c) for i, c in enumerate(recipe.loggers)] if self.world.is_main else []
         self._compiled = False
         self._validated_at = -1
+        self._saved_step = -1
         self._interrupted = False
         self._started = time.perf_counter()
 
@@ -236,14 +240,21 @@ class Trainer:
         state.rng = rng_state()
         return state
 
-    def save(self, name: str, with_state: bool = True) -> Path:
-        """Write a checkpoint from rank 0; under DDP ``last`` is preceded by a check that ranks agree (every rank
-        calls it at the same step)."""
+    def save(self, name: str, with_state: bool = True, *, collective: bool = True) -> Path:
+        """Write a checkpoint from rank 0.
+
+        With training state and ``collective`` (every rank calls it at the same step), the ranks first check that
+        they agree, and a second call at the same step is skipped (an epoch end that is also a checkpoint step).
+        Rank 0 alone passes ``collective=False`` to re-save after validation found a new best.
+        """
         from dbtk.io.checkpoint import save_weights
 
         path = self.run_dir / "checkpoints" / f"{name}.safetensors"
-        if with_state:
+        if with_state and collective:
+            if self._saved_step == self.state.position.step:
+                return path
             distributed.require_in_sync(self.world, self.model)
+            self._saved_step = self.state.position.step
         if not self.world.is_main:
             return path
         try:
@@ -376,6 +387,7 @@ class Trainer:
                     sums.zero_()
                     window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
                 if train.val_every_steps and self.state.position.step % train.val_every_steps == 0:
+                    self.save("last")  # on disk before validation: nothing validation does can lose this step
                     self._validate()
                 if self._should_stop(logging_step):
                     self.save("last")
@@ -391,11 +403,12 @@ class Trainer:
             if finished_epoch:
                 self.state.position.epoch += 1
                 self.state.position.batch = 0
+                self.save("last")  # every epoch end, whatever checkpoint_every says (and before validating)
                 if train.val_every and self.state.position.epoch % train.val_every == 0:
                     self._validate()
+        self.save("last")
         if self.val_reader is not None and self._validated_at != self.state.position.step:
             self._validate()  # the final weights are always scored, so best.safetensors always exists
-        self.save("last")
 
     def forward_backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One micro-batch: to the device (channels-last), forward under autocast (compiled when the recipe asks),
@@ -486,14 +499,24 @@ class Trainer:
             distributed.barrier()
             return
         detector = Detector.from_model(self.model, self.recipe, self.device)
-        result = evaluate_detector(detector, self.val_reader)
+        try:
+            result = evaluate_detector(detector, self.val_reader)  # unusable images are counted and skipped
+        except Exception as exc:  # noqa: BLE001 - a validation problem never ends training; `last` is on disk
+            self.model.train()
+            log.warning("validation at step %d failed and was skipped (%s: %s); training continues",
+                        self.state.position.step, type(exc).__name__, str(exc).strip().splitlines()[0][:200] if str(exc).strip() else "")
+            distributed.barrier()
+            return
         self.model.train()
         summary = result.summary
+        self.state.val_skipped = result.skipped
         self._emit({"val/hmean": summary.hmean, "val/precision": summary.precision, "val/recall": summary.recall,
+                    "val/images": summary.images, "val/skipped_images": sum(result.skipped.values()),
                     "val/seconds": result.seconds, "elapsed_seconds": time.perf_counter() - self._started})
         if summary.hmean > self.state.best_hmean:
             self.state.best_hmean = summary.hmean
             self.save("best", with_state=False)
+            self.save("last", collective=False)  # a resumed run knows this best and never overwrites it with a worse one
         distributed.barrier()
 
     def _plot(self) -> None:

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dbtk.data.formats import FileReader, Problem, RawSample, find_label_file, parse_icdar_file
+from dbtk.data.formats import find_label_file, parse_icdar_file
 from dbtk.data.images import ImageError
+from dbtk.data.labels import Labels, prepare
+from dbtk.data.polygons import repair
+from dbtk.data.reader import Problem, Reader
+from dbtk.errors import DbtkError
 from dbtk.infer.metrics import ImageScore, Summary, evaluate_image, summarize
 from dbtk.infer.postprocess import Detections
 
@@ -25,7 +30,9 @@ class EvalResult:
     summary: Summary
     images: list[ImageScore]
     seconds: float
-    problems: list[Problem] = field(default_factory=list)  # unreadable images, missing predictions
+    problems: list[Problem] = field(default_factory=list)  # reader problems, skipped images, missing predictions
+    repairs: Counter = field(default_factory=Counter)  # ground-truth polygons changed or dropped, by reason
+    skipped: Counter = field(default_factory=Counter)  # images left out of the score, by reason
 
     def worst(self, count: int = 5) -> list[ImageScore]:
         return sorted(self.images, key=lambda s: (s.hmean, -(len(s.missed) + len(s.false_positives))))[:count]
@@ -41,64 +48,167 @@ class EvalResult:
                  "missed": len(s.missed), "false_positives": len(s.false_positives)}
                 for s in self.images
             ],
+            "skipped_images": dict(sorted(self.skipped.items())),
+            "repaired_polygons": dict(sorted(self.repairs.items())),
             "problems": [{"where": p.where(), "reason": p.reason, "detail": p.detail} for p in self.problems],
         }
 
 
-def ground_truth(sample: RawSample, exif: str) -> tuple[list[np.ndarray], list[bool]]:
-    """Labels in the decoded image's coordinates, with their don't-care flags."""
-    return sample.display_points(exif), [a.ignore for a in sample.annotations]
+@dataclass
+class Scored:
+    """One image ready to score: its decoded pixels and its ground truth after the one label path."""
+
+    name: str
+    image: np.ndarray
+    labels: Labels
 
 
-def evaluate_detector(
-    detector: Detector,
-    reader: FileReader,
-    on_image: Callable[[], None] | None = None,
-    keep: Callable[[str, np.ndarray, Detections, ImageScore], None] | None = None,
-) -> EvalResult:
-    """Run the detector over a split and score it; images that cannot be read are reported, not fatal."""
-    scores, problems = [], list(reader.problems)
-    start = time.perf_counter()
+def scored_samples(reader: Reader, result: EvalResult) -> Iterator[Scored | None]:
+    """Each sample of ``reader`` through :func:`dbtk.data.labels.prepare`; None (and a problem) for one to skip.
+
+    This is where validation, ``dbtk eval`` and ``dbtk eval --pred`` meet the label path: an image training
+    would skip is skipped here for the same reason, and no polygon reaches the metric unrepaired. Problems,
+    repairs and skipped images are added to ``result``.
+    """
     for index in range(len(reader)):
         try:
             sample = reader.load(index)
         except ImageError as exc:
-            problems.append(Problem(reader.name(index), None, exc.reason, str(exc)))
-            if on_image:
-                on_image()
+            result.problems.append(Problem(reader.name(index), None, exc.reason, str(exc)))
+            result.skipped[exc.reason] += 1
+            yield None
             continue
-        gt_points, gt_ignore = ground_truth(sample, reader.exif)
-        detections = detector.detect_arrays([sample.decoded.image])[0]
-        score = evaluate_image(gt_points, gt_ignore, detections.polygons, name=sample.name)
-        scores.append(score)
-        if keep:
-            keep(sample.name, sample.decoded.image, detections, score)
-        if on_image:
-            on_image()
-    return EvalResult(summarize(scores), scores, time.perf_counter() - start, problems)
+        labels = prepare(sample, reader.exif)
+        result.repairs.update(labels.repairs)
+        if labels.skip:
+            result.problems.append(Problem(sample.name, None, labels.skip, f"none of its {len(sample.annotations)} polygons is usable"))
+            result.skipped[labels.skip] += 1
+            yield None
+            continue
+        yield Scored(sample.name, labels.image, labels)
 
 
-def read_prediction_file(path: Path, problems: list[Problem]) -> list[np.ndarray]:
-    """A prediction txt: ICDAR lines, with an optional trailing score or transcription column."""
-    return [a.points for a in parse_icdar_file(path, problems)]
-
-
-def evaluate_folder(pred_dir: Path, reader: FileReader, on_image: Callable[[], None] | None = None) -> EvalResult:
-    """Score existing prediction files (any detector's) against a split's labels, without decoding images."""
-    scores, problems = [], list(reader.problems)
+def evaluate_detector(
+    detector: Detector,
+    reader: Reader,
+    on_image: Callable[[], None] | None = None,
+    keep: Callable[[str, np.ndarray, Detections, ImageScore], None] | None = None,
+) -> EvalResult:
+    """Run the detector over a split and score it; images that cannot be used are counted, never fatal."""
+    result = EvalResult(summarize([]), [], 0.0, list(reader.problems))
     start = time.perf_counter()
-    for record in reader.records:
-        gt_points, gt_ignore = [a.points for a in record.annotations], [a.ignore for a in record.annotations]
-        path = find_label_file(pred_dir, record.name)
-        if path is None:
-            problems.append(Problem(str(pred_dir), None, "missing_prediction", f"no prediction file for {record.name}"))
-            predictions: list[np.ndarray] = []
-        else:
-            predictions = read_prediction_file(path, problems)
-        scores.append(evaluate_image(gt_points, gt_ignore, predictions, name=record.name))
+    for item in scored_samples(reader, result):
+        if item is not None:
+            detections = detector.detect_arrays([item.image])[0]
+            score = evaluate_image(item.labels.polygons, item.labels.ignore, detections.polygons, name=item.name)
+            result.images.append(score)
+            if keep:
+                keep(item.name, item.image, detections, score)
         if on_image:
             on_image()
-    return EvalResult(summarize(scores), scores, time.perf_counter() - start, problems)
+    result.summary, result.seconds = summarize(result.images), time.perf_counter() - start
+    return result
+
+
+def evaluate_folder(pred_dir: Path, reader: Reader, on_image: Callable[[], None] | None = None) -> EvalResult:
+    """Score existing prediction files (any detector's, in any format ``dbtk predict`` writes) against a split."""
+    predictions = PredictionFolder(pred_dir)
+    names = [reader.name(i) for i in range(len(reader))]
+    if names and not any(predictions.has(name) for name in names):
+        raise DbtkError(
+            f"{pred_dir.resolve()} holds no predictions for any of the {len(names)} images of the split "
+            f"(looked for {predictions.patterns(names[0])})",
+            hint="point --pred at the folder 'dbtk predict --out' wrote (json, icdar or receipt-json)",
+        )
+    result = EvalResult(summarize([]), [], 0.0, list(reader.problems))
+    start = time.perf_counter()
+    for item in scored_samples(reader, result):
+        if item is not None:
+            written = predictions.read(item.name, result.problems)
+            detected = [fixed.points for fixed in map(repair, written) if not fixed.dropped]
+            result.images.append(evaluate_image(item.labels.polygons, item.labels.ignore, detected, name=item.name))
+        if on_image:
+            on_image()
+    result.summary, result.seconds = summarize(result.images), time.perf_counter() - start
+    return result
+
+
+class PredictionFolder:
+    """Prediction files of one folder, in every layout ``dbtk predict`` writes (and ICDAR result files):
+
+    ``res_NAME.txt`` / ``NAME.txt`` / ``gt_NAME.txt`` (``x1,y1,...,xn,yn[,score]``), ``NAME.json``
+    (``{"detections": [{"points": ...}]}``) or one ``predictions.json`` (``{"images": {NAME: {"words": ...}}}``).
+    Points are returned as written; the caller repairs them.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.receipt: dict[str, Any] | None = None
+        combined = folder / "predictions.json"
+        if combined.is_file():
+            document = _read_json(combined)
+            images = document.get("images") if isinstance(document, dict) else None
+            if not isinstance(images, dict):
+                raise DbtkError(f"{combined.resolve()}: expected a top-level object with an 'images' table")
+            self.receipt = images
+
+    def patterns(self, name: str) -> str:
+        stem = Path(name).stem
+        return f"res_{stem}.txt, {stem}.txt, gt_{stem}.txt, {stem}.json or predictions.json"
+
+    def has(self, name: str) -> bool:
+        return self._file(name) is not None or (self.receipt is not None and name in self.receipt)
+
+    def _file(self, name: str) -> Path | None:
+        path = find_label_file(self.folder, name)
+        if path is not None:
+            return path
+        json_path = self.folder / f"{Path(name).stem}.json"
+        return json_path if json_path.is_file() else None
+
+    def read(self, name: str, problems: list[Problem]) -> list[np.ndarray]:
+        """The points of every detection for image ``name`` (a problem, and none, when there is no file)."""
+        path = self._file(name)
+        if path is None and self.receipt is not None and name in self.receipt:
+            return _points_of(self.receipt[name], "words", str(self.folder / "predictions.json"), problems)
+        if path is None:
+            problems.append(Problem(str(self.folder), None, "missing_prediction", f"no prediction file for {name}"))
+            return []
+        if path.suffix == ".txt":
+            return [a.points for a in parse_icdar_file(path, problems)]
+        return _points_of(_read_json(path, problems), "detections", str(path), problems)
+
+
+def _read_json(path: Path, problems: list[Problem] | None = None) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if problems is None:
+            raise DbtkError(f"{path.resolve()}: invalid JSON: {exc}") from None
+        problems.append(Problem(str(path), None, "bad_prediction", f"invalid JSON: {exc}"))
+        return None
+
+
+def _points_of(entry: Any, key: str, where: str, problems: list[Problem]) -> list[np.ndarray]:
+    """Points of a JSON prediction: ``entry[key]`` is a list (per-image JSON) or a table (receipt words)."""
+    items = entry.get(key) if isinstance(entry, dict) else None
+    if isinstance(items, dict):
+        items = list(items.values())
+    if not isinstance(items, list):
+        if entry is not None:
+            problems.append(Problem(where, None, "bad_prediction", f"no '{key}' list"))
+        return []
+    found = []
+    for number, item in enumerate(items, start=1):
+        try:
+            points = np.asarray(item.get("points") if isinstance(item, dict) else None, dtype=np.float64)
+        except (TypeError, ValueError):
+            points = np.zeros(0)
+        if points.ndim != 2 or points.shape[1] != 2:
+            problems.append(Problem(where, number, "bad_prediction", "points must be [[x, y], ...]"))
+            continue
+        found.append(points)
+    return found
 
 
 # ---------------------------------------------------------------------------------------------- output files

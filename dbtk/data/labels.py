@@ -1,0 +1,73 @@
+"""The one label path: orientation, polygon repair and the keep/skip decision for a decoded sample.
+
+Training (the dataset), validation, ``dbtk eval`` (with a checkpoint or ``--pred``) and ``dbtk clean-data`` all
+call :func:`prepare`, so what clean-data reports is exactly what training repairs or skips and exactly what
+evaluation scores. No polygon reaches shapely, the rasteriser or the metric without passing through it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dbtk.data.polygons import DROPPED, Reason, repair
+from dbtk.data.reader import RawSample
+
+#: The reason a whole sample is skipped when it had labels and none of them survived repair.
+NO_VALID_POLYGONS = "no_valid_polygons"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One change :func:`repair` made to one annotation (``index`` into ``RawSample.annotations``)."""
+
+    reason: Reason
+    index: int
+    line: int | None
+
+    @property
+    def dropped(self) -> bool:
+        return self.reason in DROPPED
+
+
+@dataclass
+class Labels:
+    """What is left of a sample's annotations, in the decoded image's coordinates (clockwise float32)."""
+
+    image: np.ndarray
+    polygons: list[np.ndarray] = field(default_factory=list)
+    ignore: list[bool] = field(default_factory=list)
+    texts: list[str] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)  # index of each kept polygon in RawSample.annotations
+    findings: list[Finding] = field(default_factory=list)
+    skip: str | None = None  # a reason code when the whole sample must not be used
+
+    @property
+    def repairs(self) -> Counter:
+        """Counts of every change by reason (the ``repaired_polygons`` of training and the report of clean-data)."""
+        return Counter(f.reason.value for f in self.findings)
+
+
+def prepare(sample: RawSample, exif: str, *, min_size: float = 0.0) -> Labels:
+    """Orient ``sample``'s labels to its decoded pixels, repair each polygon against the image bounds and decide.
+
+    A sample with labels of which nothing usable is left is marked ``skip = "no_valid_polygons"``: training on
+    it would teach that its text is background, and scoring it would count its text as missed. A sample without
+    labels at all is kept (a page with no text is a valid negative example).
+    """
+    image = sample.decoded.image
+    height, width = image.shape[:2]
+    labels = Labels(image)
+    for index, (annotation, points) in enumerate(zip(sample.annotations, sample.display_points(exif), strict=True)):
+        fixed = repair(points, width, height, ignore=annotation.ignore, min_size=min_size)
+        labels.findings.extend(Finding(reason, index, annotation.line) for reason in fixed.reasons)
+        if not fixed.dropped:
+            labels.polygons.append(fixed.points)
+            labels.ignore.append(fixed.ignore)
+            labels.texts.append(annotation.text)
+            labels.kept.append(index)
+    if sample.annotations and not labels.polygons:
+        labels.skip = NO_VALID_POLYGONS
+    return labels

@@ -1,0 +1,132 @@
+"""The one dataset-reader contract (``dbtk.datasets`` entry points) and the values readers return.
+
+Every command that reads a labelled split — training, validation, ``dbtk eval``, ``dbtk eval --pred`` and
+``dbtk clean-data`` — talks to a reader through :class:`Reader` and nothing else, so any registered reader works
+with all of them. A reader indexes its split when constructed (parse problems are collected in ``problems``,
+never raised) and decodes one sample at a time. Polygons come back exactly as written in the files: orientation,
+repair and the keep/skip decision happen in one place, :func:`dbtk.data.labels.prepare`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from dbtk.data.images import Decoded, orient_points
+
+#: The two frames annotation coordinates of EXIF-rotated photos can be in (see :attr:`Reader.exif`).
+EXIF_FRAMES = ("stored", "display")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A problem found while reading a split: where (``file:line``), a reason code for counting, and detail."""
+
+    file: str
+    line: int | None
+    reason: str
+    detail: str
+
+    def where(self) -> str:
+        return f"{self.file}:{self.line}" if self.line is not None else self.file
+
+
+@dataclass
+class Annotation:
+    """One labelled region as written: points in stored-pixel (or display) coordinates, text, don't-care flag."""
+
+    points: np.ndarray  # (N, 2) float64
+    text: str = ""
+    ignore: bool = False
+    line: int | None = None  # where it came from in ``RawSample.label_file``, for reports
+
+
+@dataclass
+class RawSample:
+    """A decoded image with its labels as written, and where those labels came from (for reports)."""
+
+    name: str
+    decoded: Decoded
+    annotations: list[Annotation]
+    label_file: str = ""
+
+    def display_points(self, exif: str) -> list[np.ndarray]:
+        """Each annotation's points in the coordinates of the decoded (EXIF-rotated) image.
+
+        ``exif`` is the reader's convention: "stored" labels follow the stored pixels and are rotated with them;
+        "display" labels were drawn on the rotated image already.
+        """
+        decoded = self.decoded
+        if exif != "stored" or decoded.orientation == 1:
+            return [a.points for a in self.annotations]
+        return [orient_points(a.points, decoded.orientation, decoded.stored_size) for a in self.annotations]
+
+
+@runtime_checkable
+class Reader(Protocol):
+    """What every registered reader provides. ``dbtk.testing.check_reader`` checks a reader against it.
+
+    - ``exif``: frame of the annotation coordinates for EXIF-rotated photos, one of :data:`EXIF_FRAMES`.
+    - ``problems``: what indexing found (missing label files, unparsable lines ...), reported by every command.
+    - ``load(i)`` decodes sample ``i``; it raises :class:`dbtk.data.images.ImageError` for an unusable image.
+    - ``identity(i)`` changes whenever sample ``i``'s pixels or labels change (the sample cache key).
+    - ``source(i)`` is the image file when there is one (clean-data and convert copy its bytes), else None.
+    """
+
+    exif: str
+    problems: list[Problem]
+
+    def __len__(self) -> int: ...
+    def name(self, index: int) -> str: ...
+    def load(self, index: int) -> RawSample: ...
+    def identity(self, index: int) -> str: ...
+    def source(self, index: int) -> Path | None: ...
+
+
+@dataclass
+class Record:
+    """One indexed image of a file-based reader: where its pixels and labels are."""
+
+    name: str
+    image_path: Path
+    annotations: list[Annotation]
+    annotation_file: Path | None = None
+
+
+@dataclass
+class FileReader:
+    """Base for readers whose images are files: subclasses fill ``records`` and ``problems`` when constructed."""
+
+    records: list[Record] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+    exif: str = "stored"
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def name(self, index: int) -> str:
+        return self.records[index].name
+
+    def load(self, index: int) -> RawSample:
+        from dbtk.data.images import read_image
+
+        record = self.records[index]
+        label_file = str(record.annotation_file) if record.annotation_file else ""
+        return RawSample(record.name, read_image(record.image_path), record.annotations, label_file)
+
+    def source(self, index: int) -> Path | None:
+        return self.records[index].image_path
+
+    def identity(self, index: int) -> str:
+        import hashlib
+        import json
+
+        record = self.records[index]
+        stat = record.image_path.stat()
+        labels = hashlib.sha256(
+            json.dumps([[a.points.tolist(), a.ignore] for a in record.annotations]).encode()
+        ).hexdigest()
+        return f"{record.image_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{labels}"
