@@ -217,6 +217,55 @@ def check_logger(factory: Callable[..., Any], run_dir: str | Path, **params: Any
     return resumed
 
 
+def check_reader(factory: Callable[..., Any], split: Any, *, samples: int = 3, **params: Any) -> Any:
+    """A dataset reader (``dbtk.datasets``) is built with ``split`` (a :class:`dbtk.recipe.Split`), indexes it when
+    constructed, and meets :class:`dbtk.data.reader.Reader` so that training, validation, ``dbtk eval`` and
+    ``dbtk clean-data`` all work with it: ``exif`` is "stored" or "display", ``problems`` a list of
+    :class:`dbtk.data.reader.Problem`, ``name``/``identity`` stable strings (identities distinct per sample),
+    ``source`` an existing file or None, and ``load(i)`` a :class:`dbtk.data.reader.RawSample` with a uint8 RGB
+    H×W×3 image and (N, 2) finite-or-not points (repair is dbtk's job, see :func:`dbtk.data.labels.prepare`).
+    The first ``samples`` samples are loaded and sent through the one label path. Returns the reader."""
+    import numpy as np
+
+    from dbtk.data.images import ImageError
+    from dbtk.data.labels import prepare
+    from dbtk.data.reader import EXIF_FRAMES, Problem, RawSample, Reader
+
+    label = f"reader {_name(factory)}"
+    reader = build(factory, "dataset", params, split=split)
+    missing = [m for m in ("__len__", "name", "load", "identity", "source") if not callable(getattr(reader, m, None))]
+    _expect(not missing, f"{label} must define {', '.join(missing)} (see dbtk.data.reader.Reader)")
+    _expect(isinstance(reader, Reader), f"{label} must have the attributes exif and problems (see dbtk.data.reader.Reader)")
+    _expect(reader.exif in EXIF_FRAMES, f"{label}: exif must be one of {EXIF_FRAMES}, got {reader.exif!r}")
+    _expect(isinstance(reader.problems, list) and all(isinstance(p, Problem) for p in reader.problems),
+            f"{label}: problems must be a list of dbtk.data.reader.Problem (collected while indexing, never raised)")
+    count = len(reader)
+    _expect(isinstance(count, int) and count > 0, f"{label}: the split it was given must not be empty (len() = {count!r})")
+    identities = set()
+    for index in range(min(samples, count)):
+        name, identity = reader.name(index), reader.identity(index)
+        _expect(isinstance(name, str) and name, f"{label}: name({index}) must be a non-empty string")
+        _expect(isinstance(identity, str) and identity == reader.identity(index), f"{label}: identity({index}) must be a stable string (it keys the sample cache)")
+        identities.add(identity)
+        source = reader.source(index)
+        _expect(source is None or Path(source).is_file(), f"{label}: source({index}) must be the image file or None, got {source!r}")
+        try:
+            sample = reader.load(index)
+        except ImageError:
+            continue  # an unusable image is the reader's to report this way: it is counted and skipped
+        _expect(isinstance(sample, RawSample), f"{label}: load({index}) must return a dbtk.data.reader.RawSample")
+        image = sample.decoded.image
+        _expect(isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3,
+                f"{label}: load({index}).decoded.image must be uint8 RGB H×W×3")
+        for annotation in sample.annotations:
+            points = np.asarray(annotation.points)
+            _expect(points.ndim == 2 and points.shape[1] == 2, f"{label}: annotation points must be (N, 2), got {points.shape}")
+        _during(label, f"the label path on sample {index}", "labels must be usable by dbtk.data.labels.prepare",
+                lambda sample=sample: prepare(sample, reader.exif))
+    _expect(len(identities) == min(samples, count), f"{label}: identity() must differ between samples")
+    return reader
+
+
 # ------------------------------------------------------------------------------------------------ helpers
 def _loss_inputs(size: tuple[int, int], logit_scale: float, with_text: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
     import torch

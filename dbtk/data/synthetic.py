@@ -14,12 +14,19 @@ import numpy as np
 
 from dbtk.data.images import Decoded
 from dbtk.data.reader import Annotation, Problem, RawSample
+from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
     from dbtk.recipe import Split
 
 _FONTS = (0, 1, 2, 3, 4, 6, 7)  # cv2.FONT_HERSHEY_* faces that render Latin text
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def _require(condition: bool, message: str) -> None:
+    """Parameters are checked when the reader is built, so ``recipe check`` refuses what could not render."""
+    if not condition:
+        raise DbtkError(f"dataset 'synthetic': {message}")
 
 
 class SyntheticText:
@@ -44,6 +51,12 @@ class SyntheticText:
         rotate: float = 10.0,
         seed: int = 0,
     ) -> None:
+        _require(count >= 1 and val_count >= 1, f"count and val_count must be at least 1, got {count} and {val_count}")
+        _require(32 <= width <= 4096 and 32 <= height <= 4096, f"width and height must be 32-4096 px, got {width}×{height}")
+        _require(1 <= max_lines <= 64, f"max_lines must be 1-64, got {max_lines}")
+        _require(4 <= min_height <= max_height <= height - 16,
+                 f"need 4 <= min_height <= max_height <= height - 16, got {min_height}, {max_height} (height {height})")
+        _require(0 <= rotate <= 45, f"rotate must be 0-45 degrees, got {rotate}")
         name = split.images if split is not None else "train"
         self.count = val_count if name == "val" else count
         self.width, self.height = width, height
@@ -78,7 +91,7 @@ class SyntheticText:
         image = self._background(rng)
         boxes: list[np.ndarray] = []
         occupied = np.zeros((self.height, self.width), dtype=bool)
-        for _ in range(int(rng.integers(3, self.max_lines + 1))):
+        for _ in range(int(rng.integers(min(3, self.max_lines), self.max_lines + 1))):
             placed = self._draw_line(rng, image, occupied)
             if placed is not None:
                 boxes.append(placed)

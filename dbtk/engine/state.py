@@ -78,8 +78,8 @@ class TrainingState:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             value = tree.get(f.name, OPTIONAL.get(f.name, dict)())
-            if f.name == "position":
-                value = Position(**value)
+            if f.name == "position":  # a table; dbtk 0.x before the typed state wrote [step, epoch, batch]
+                value = Position(*value) if isinstance(value, list) else Position(**value)
             elif f.type in ("Counter", Counter):
                 value = Counter(value)
             elif f.name == "best_hmean":

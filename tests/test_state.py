@@ -1,0 +1,70 @@
+"""Training state is one typed value: every field saved is restored, and an incomplete state is refused by name."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from dbtk.engine.state import Position, TrainingState
+from dbtk.errors import DbtkError
+from dbtk.io.checkpoint import read_training_state
+from dbtk.io.tree import flatten, unflatten
+
+
+def full_state() -> TrainingState:
+    """A state where every field differs from its default, so a field that is not restored shows."""
+    return TrainingState(
+        position=Position(7, 2, 3),
+        best_hmean=0.5,
+        bad_total=torch.tensor(2.0),
+        skipped=Counter({"corrupt": 1}),
+        repairs=Counter({"out_of_bounds": 4}),
+        val_skipped=Counter({"truncated": 1}),
+        history=[{"step": 1, "loss": 0.5}],
+        optimizer={"state": {0: {"exp_avg": torch.ones(3)}}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+        scheduler={"last_epoch": 7},
+        scaler={"scale": 1.0},
+        rng={"torch": torch.arange(4, dtype=torch.uint8)},
+    )
+
+
+def test_every_field_survives_a_round_trip_through_the_file_format() -> None:
+    state = full_state()
+    defaults = TrainingState()
+    for field in dataclasses.fields(TrainingState):  # the fixture really sets every field
+        assert repr(getattr(state, field.name)) != repr(getattr(defaults, field.name)), field.name
+    restored = TrainingState.from_tree(unflatten(*flatten(state.to_tree())))
+    for field in dataclasses.fields(TrainingState):
+        assert repr(getattr(restored, field.name)) == repr(getattr(state, field.name)), field.name
+    assert isinstance(restored.repairs, Counter) and isinstance(restored.position, Position)
+
+
+def test_a_state_missing_a_field_is_refused_by_name() -> None:
+    tree = full_state().to_tree()
+    del tree["skipped"]
+    with pytest.raises(DbtkError, match="missing 'skipped'"):
+        TrainingState.from_tree(tree)
+    tree = {**full_state().to_tree(), "surprise": 1}
+    with pytest.raises(DbtkError, match="unknown 'surprise'"):
+        TrainingState.from_tree(tree)
+
+
+def test_resume_restores_repairs_and_skips(tmp_path: Path) -> None:
+    from tests.test_train import tiny
+
+    from dbtk.engine.trainer import StopRequested, Trainer
+
+    first = Trainer(tiny(), tmp_path / "run", stop_at=2)
+    with pytest.raises(StopRequested):
+        first.run()
+    first.state.repairs["orientation"] += 5  # as if the label path had repaired polygons
+    first.save("last", collective=False)
+    _, _, tree = read_training_state(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert tree["repairs"]["orientation"] >= 5
+    resumed = Trainer(tiny(), tmp_path / "run", resume_from=tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert resumed.state.repairs == first.state.repairs
+    assert resumed.state.position == first.state.position
