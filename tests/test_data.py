@@ -312,7 +312,7 @@ def test_clean_data_counts_problems_and_never_touches_source(tmp_path: Path) -> 
     assert "problems found" in check.stderr and "Traceback" not in check.stderr
     report = json.loads(report_path.read_text())
     assert report["problems"] == expected
-    assert report["images"] == 11 and report["usable_images"] == 9
+    assert report["images"] == 11 and report["usable_images"] == 8  # truncated, corrupt, flat (no valid polygon)
     assert {d["reason"] for d in report["dropped_polygons"]} == {"non_finite", "outside_image", "zero_area", "too_few_points"}
     assert "nan.jpg" in {d["image"] for d in report["dropped_polygons"]}
 

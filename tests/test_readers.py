@@ -124,3 +124,11 @@ def test_check_reader_names_the_broken_rule(factory: type, rule: str, tmp_path: 
     _, split = icdar_split(tmp_path / "set")
     with pytest.raises(PluginContractError, match=rule):
         check_reader(factory, split)
+
+
+def test_icdar_label_file_without_image_is_reported(tmp_path: Path) -> None:
+    _, split = icdar_split(tmp_path / "set")
+    (tmp_path / "set" / "gts" / "gt_gone.txt").write_text(GOOD_LINE + "\n")
+    reader = registry.build("dataset", {"name": "icdar2015"}, split=split)
+    assert [(Path(p.file).name, p.reason) for p in reader.problems] == [("gt_gone.txt", "missing_image")]
+    assert len(reader) == 2

@@ -106,12 +106,16 @@ class ICDAR2015(FileReader):
             images, labels = root / "images", root / "gts"
         _require_dir(images, "image")
         _require_dir(labels, "label")
+        used: set[Path] = set()
         for image_path in _images_in(images):
             label = find_label_file(labels, image_path.name)
             if label is None:
                 self.problems.append(Problem(str(image_path), None, "missing_gt", f"no gt_{image_path.stem}.txt in {labels}"))
                 continue
+            used.add(label)
             self.records.append(Record(image_path.name, image_path, parse_icdar_file(label, self.problems), label))
+        for orphan in sorted(set(labels.glob("*.txt")) - used):  # labels whose image is gone: reported, not guessed
+            self.problems.append(Problem(str(orphan), None, "missing_image", f"no image for this label file in {images}"))
 
 
 class ReceiptJSON(FileReader):
