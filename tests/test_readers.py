@@ -132,3 +132,20 @@ def test_icdar_label_file_without_image_is_reported(tmp_path: Path) -> None:
     reader = registry.build("dataset", {"name": "icdar2015"}, split=split)
     assert [(Path(p.file).name, p.reason) for p in reader.problems] == [("gt_gone.txt", "missing_image")]
     assert len(reader) == 2
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_training_with_validation_works_with_every_reader(name: str, tmp_path: Path) -> None:
+    from dbtk import recipe as recipes
+    from dbtk.engine.trainer import Trainer
+    from tests.test_train import tiny
+
+    _, split = FIXTURES[name](tmp_path / "set")
+    table = {"images": split.images, **({"annotations": split.annotations} if split.annotations else {})}
+    data = recipes.unstructure(tiny())
+    data["data"].update(format={"name": name, **PARAMS.get(name, {})}, train=table, val=table, cache="off")
+    data["train"].update(max_steps=2, checkpoint_every=0)
+    trainer = Trainer(recipes.structure(data, source="test"), tmp_path / "run")
+    trainer.run()
+    validations = [h for h in trainer.state.history if "val/hmean" in h]
+    assert trainer.state.position.step == 2 and validations and validations[-1]["val/images"] == len(trainer.val_reader)
