@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
+
+import pytest
 
 from dbtk.doctor import probes, rules
-from tests.conftest import run_dbtk
+from tests.conftest import REPO, run_dbtk
 
 RTX3060 = {"name": "NVIDIA GeForce RTX 3060", "capability": [8, 6], "total_gb": 11.8, "free_gb": 11.2, "bf16": True}
 HEALTHY = {
@@ -75,9 +81,11 @@ def test_oom_at_batch_4_advises_batch_2_accumulate_2() -> None:
     assert "halve train.batch_size and double train.accumulate" in error.fix
 
 
-def test_hung_probe_is_reported_not_waited_on() -> None:
+def test_hung_probe_is_reported_not_waited_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "torch.py").write_text("import time\ntime.sleep(30)\n")  # a torch whose import hangs, as on a wedged driver
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     start = time.perf_counter()
-    result = probes.run_probe("import time; time.sleep(30)", timeout=1.0)
+    result = probes.torch_probe(timeout=1.0)
     assert time.perf_counter() - start < 10
     assert result == {"status": "timeout", "timeout": 1.0}
     finding = rules.torch_findings(result)[0]
@@ -141,18 +149,68 @@ def test_run_rules_problems_each_with_a_fix() -> None:
     assert crashed[0].status == rules.FAIL and "smaller batch + accumulation" in crashed[0].fix
 
 
-def test_doctor_runs_recipe_steps_on_cpu(tmp_path) -> None:  # noqa: ANN001
-    recipe = tmp_path / "tiny.toml"
+def tiny_recipe(folder: Path) -> Path:
+    """A recipe that trains in seconds on the CPU on 12 synthetic 64 px images."""
+    folder.mkdir(parents=True)
+    recipe = folder / "tiny.toml"
     recipe.write_text(
         'name = "tiny"\n[model.decoder]\nchannels = 16\n[data]\n'
         'format = { name = "synthetic", count = 12, width = 64, height = 64, min_height = 8, max_height = 16 }\n'
         'train = "train"\nimage_size = 64\n[train]\nbatch_size = 2\nworkers = 1\n'
     )
-    proc = run_dbtk("doctor", "--json", "--recipe", str(recipe), "--steps", "3", timeout=300)
+    return recipe
+
+
+def test_doctor_runs_recipe_steps_on_cpu(tmp_path: Path) -> None:
+    # Under a folder named STEPS: the probes once pasted the recipe path into program text, then replaced STEPS;
+    # a quote and spaces in the path must travel as part of one argument too.
+    recipe = tiny_recipe(tmp_path / "STEPS" / "it's a recipe")
+    proc = run_dbtk("doctor", "--json", "--recipe", str(recipe), "--set", "name=RECIPE", "--steps", "2", timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     checks = {f["check"]: f for f in json.loads(proc.stdout)["findings"]}
-    assert checks["recipe loss"]["detail"] == "finite on all 3 of 3 steps"
+    assert checks["recipe"]["status"] == "ok" and "training step at batch 2" in checks["recipe"]["detail"]
+    assert checks["recipe loss"]["detail"] == "finite on all 2 of 2 steps"
     assert "images/s with 1 worker" in checks["recipe data loading"]["detail"]
     assert checks["recipe memory"]["status"] == "ok"
     no_recipe = run_dbtk("doctor", "--steps", "3")
     assert no_recipe.returncode == 2 and "--steps needs --recipe" in no_recipe.stderr
+
+
+# ------------------------------------------------------------------------------------------------ the probe module
+PROBE_RUNS = {
+    "torch": ([], "version"),
+    "versions": ([], "timm"),
+    "plugins": (["--timeout", "30"], "components"),
+    "measure": (["--set", "train.accumulate=2"], "seconds_per_step"),
+    "run": (["--steps", "1"], "losses_logged"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PROBE_RUNS))
+def test_each_probe_is_a_module_printing_one_json_object(name: str, tmp_path: Path) -> None:
+    options, key = PROBE_RUNS[name]
+    if name in ("measure", "run"):  # a path with a quote and spaces travels as one argument, untouched
+        options = ["--recipe", str(tiny_recipe(tmp_path / "it's a \"recipe\" folder")), *options]
+    proc = subprocess.run([sys.executable, "-m", "dbtk.doctor.probe", name, *options], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(proc.stdout.splitlines()) == 1, proc.stdout
+    result = json.loads(proc.stdout)
+    assert isinstance(result, dict) and key in result and "error" not in result, result
+
+
+def test_no_probe_is_program_text_in_a_string() -> None:
+    """Probe code is importable Python run with ``-m``: nothing under dbtk/doctor hands a string to ``python -c``."""
+    sources = [*sorted((REPO / "dbtk" / "doctor").glob("*.py")), REPO / "dbtk" / "cli" / "doctor.py"]
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text(), filename=str(source))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                assert node.value != "-c", f"{source.name}:{node.lineno} runs code given as a string ('-c')"
+                assert not _is_program(node.value), f"{source.name}:{node.lineno} holds a program in a string"
+
+
+def _is_program(text: str) -> bool:
+    """Two or more Python statements (a probe kept as text); prose and one-line messages are not."""
+    try:
+        return "\n" in text.strip() and len(ast.parse(text).body) > 1
+    except SyntaxError:
+        return False
