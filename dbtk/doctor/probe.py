@@ -228,9 +228,7 @@ def _batch(trainer: Trainer, size: int) -> dict[str, torch.Tensor]:
 
 def _step(trainer: Trainer, batch: dict[str, torch.Tensor]) -> None:
     """One optimizer step on one micro-batch, exactly as the training loop runs it."""
-    snapshot = [buffer.clone() for buffer in trainer.norm_buffers]
-    parts = trainer.forward_backward(trainer.train_model.train(), batch)
-    trainer.optimizer_step(parts[0], snapshot)
+    trainer.train_step([batch])
 
 
 def _seconds_per_step(trainer: Trainer) -> float:

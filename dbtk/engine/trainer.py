@@ -106,7 +106,7 @@ def make_optimizer(model: torch.nn.Module, train: recipes.Train) -> torch.optim.
 
 class Trainer:
     """Trains one recipe into one run folder. Construction builds everything (each part in its own method);
-    :meth:`run` trains; :meth:`make_loader` and :meth:`train_steps` are the public pieces the doctor measures."""
+    :meth:`run` trains; :meth:`make_loader`, :meth:`train_step` and :meth:`forward_backward` are the public pieces the doctor measures."""
 
     def __init__(
         self,
@@ -349,13 +349,13 @@ class Trainer:
     def _loop(self) -> None:
         train = self.recipe.train
         loader = self.make_loader()
-        model = self.train_model.train()
         sums = torch.zeros(4, device=self.device)  # loss, prob, binary, thresh over the logging window
         window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
         while self.state.position.step < self.total_steps:
             self.batches.set_position(self.state.position.epoch, self.state.position.batch)
             iterator = iter(loader)
-            micro, finished_epoch = 0, True
+            pending: list[dict[str, torch.Tensor]] = []
+            finished_epoch = True
             while True:
                 waited = time.perf_counter()
                 batch = next(iterator, None)
@@ -364,20 +364,12 @@ class Trainer:
                     break
                 self.state.skipped.update(batch.pop("skipped"))
                 self.state.repairs.update(batch.pop("repairs"))
-                if micro == 0:
-                    snapshot = [b.clone() for b in self.norm_buffers]
-                    loss_sum = torch.zeros((), device=self.device)
-                last_micro = micro == train.accumulate - 1
-                with model.no_sync() if self.world.distributed and not last_micro else contextlib.nullcontext():
-                    parts = self.forward_backward(model, batch)  # gradients are averaged across ranks once per step
-                loss_sum = loss_sum + parts[0]
-                sums += parts
-                window_images += batch["images"].shape[0]
-                micro += 1
-                if micro < train.accumulate:
+                pending.append(batch)
+                if len(pending) < train.accumulate:
                     continue
-                micro = 0
-                self.optimizer_step(loss_sum, snapshot)
+                sums += self.train_step(pending)
+                window_images += sum(b["images"].shape[0] for b in pending)
+                pending = []
                 self.state.position.step += 1
                 self.state.position.batch += self.micro_per_step
                 logging_step = self.state.position.step % train.log_every == 0 or self.state.position.step == self.total_steps
@@ -410,6 +402,22 @@ class Trainer:
         if self.val_reader is not None and self._validated_at != self.state.position.step:
             self._validate()  # the final weights are always scored, so best.safetensors always exists
 
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """One optimizer step over ``accumulate`` micro-batches (gradients averaged across ranks once, on the last),
+        exactly as training runs it; the doctor's probe times it. Returns the summed (loss, prob, binary, thresh)."""
+        model = self.train_model.train()
+        snapshot = [b.clone() for b in self.norm_buffers]
+        loss_sum = torch.zeros((), device=self.device)
+        parts_sum = torch.zeros(4, device=self.device)
+        for index, batch in enumerate(micro_batches):
+            last = index == len(micro_batches) - 1
+            with model.no_sync() if self.world.distributed and not last else contextlib.nullcontext():
+                parts = self.forward_backward(model, batch)
+            loss_sum = loss_sum + parts[0]
+            parts_sum += parts
+        self._optimizer_step(loss_sum, snapshot)
+        return parts_sum
+
     def forward_backward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """One micro-batch: to the device (channels-last), forward under autocast (compiled when the recipe asks),
         loss, scaled backward. Returns the detached (loss, prob, binary, thresh) parts; never syncs the host."""
@@ -426,7 +434,7 @@ class Trainer:
         missing = torch.zeros_like(losses["loss"])  # a plugin loss need only return "loss"
         return torch.stack([losses["loss"], *(losses.get(part, missing) for part in ("prob", "binary", "thresh"))]).detach()
 
-    def optimizer_step(self, loss_sum: torch.Tensor, snapshot: list[torch.Tensor]) -> None:
+    def _optimizer_step(self, loss_sum: torch.Tensor, snapshot: list[torch.Tensor]) -> None:
         """Clip, skip on the device when the loss or gradient is not finite (BatchNorm statistics restored from
         ``snapshot``), step the optimizer, scaler and schedule, and count bad steps — without a host sync."""
         train = self.recipe.train
