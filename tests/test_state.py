@@ -21,6 +21,7 @@ def full_state() -> TrainingState:
         position=Position(7, 2, 3),
         best_hmean=0.5,
         bad_total=torch.tensor(2.0),
+        overflow_total=torch.tensor(3.0),
         skipped=Counter({"corrupt": 1}),
         repairs=Counter({"out_of_bounds": 4}),
         val_skipped=Counter({"truncated": 1}),

@@ -20,7 +20,7 @@ import torch
 from dbtk.errors import DbtkError
 
 #: Fields that older checkpoints may lack, with the value that reproduces what those versions did.
-OPTIONAL = {"repairs": dict, "val_skipped": dict}
+OPTIONAL = {"repairs": dict, "val_skipped": dict, "overflow_total": lambda: torch.zeros(())}
 
 
 @dataclass
@@ -36,12 +36,14 @@ class Position:
 class TrainingState:
     """The trainer's own counters plus the state of the objects it drives (optimizer, scheduler, scaler, RNGs).
 
-    ``bad_total`` stays a device tensor during training (read only at log time: no host sync per step).
+    ``bad_total`` and ``overflow_total`` stay device tensors during training (read only at log time: no host
+    sync per step).
     """
 
     position: Position = field(default_factory=Position)
     best_hmean: float = -1.0
-    bad_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))
+    bad_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # steps with a non-finite loss
+    overflow_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # fp16 scaler overflows (skipped)
     skipped: Counter = field(default_factory=Counter)  # training samples skipped, by reason
     repairs: Counter = field(default_factory=Counter)  # training polygons repaired, by reason
     val_skipped: Counter = field(default_factory=Counter)  # validation images skipped, by reason (last validation)
@@ -107,4 +109,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state(tuple(state["numpy"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(list(state["cuda"]))
+        # One state per GPU visible when saved; resuming with fewer GPUs (or another CUDA_VISIBLE_DEVICES) sets
+        # those that exist. Training randomness lives in the CPU generators, so results do not depend on it.
+        for index, generator_state in enumerate(list(state["cuda"])[: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(generator_state, index)

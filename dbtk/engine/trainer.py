@@ -127,7 +127,7 @@ class Trainer:
         self._build_model()
         self._build_data()
         self._build_optimization()
-        self.state = TrainingState(bad_total=torch.zeros((), device=self.device))
+        self.state = TrainingState(bad_total=torch.zeros((), device=self.device), overflow_total=torch.zeros((), device=self.device))
         self.bad_run = torch.zeros((), device=self.device)  # consecutive bad steps; restarts at 0 on resume
         if resume_from is not None:
             self._load(resume_from)
@@ -206,8 +206,11 @@ class Trainer:
             self.optimizer, make_schedule(train.scheduler, train.warmup_steps, self.total_steps)
         )
         self.dtype = DTYPES[train.precision]
-        scaler_class = getattr(torch.amp, "GradScaler", None) or torch.cuda.amp.GradScaler  # torch 2.2 has only the CUDA one
-        self.scaler = scaler_class(self.device.type, enabled=train.precision == "fp16")
+        enabled = train.precision == "fp16"
+        if hasattr(torch.amp, "GradScaler"):
+            self.scaler = torch.amp.GradScaler(self.device.type, enabled=enabled)
+        else:  # torch < 2.3: only the CUDA scaler exists, and its first positional argument is init_scale
+            self.scaler = torch.cuda.amp.GradScaler(enabled=enabled and self.device.type == "cuda")
 
     def _wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """DistributedDataParallel under torchrun; the model itself otherwise."""
@@ -284,6 +287,7 @@ class Trainer:
         self.scaler.load_state_dict(state.scaler)
         set_rng_state(state.rng)
         state.bad_total = state.bad_total.to(self.device)
+        state.overflow_total = state.overflow_total.to(self.device)
         self.state = state
 
     # ------------------------------------------------------------------ the loop
@@ -337,6 +341,13 @@ class Trainer:
         try:
             self._loop()
         except RuntimeError as exc:
+            if self.world.distributed and "were not used in producing loss" in str(exc):
+                raise DbtkError(
+                    f"some model parameters receive no gradient, which DistributedDataParallel cannot train "
+                    f"(loss '{self.recipe.loss.name}' with head '{self.recipe.model.head.name}')",
+                    hint="the loss must use every output the head computes (dbtk.testing.check_loss and check_head "
+                    "catch this in one process); or train in one process",
+                ) from None
             if not (self.world.distributed and distributed.is_collective_failure(exc)):
                 raise
             raise DbtkError(
@@ -442,21 +453,27 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, train.grad_clip if train.grad_clip > 0 else float("inf"))
-        bad = (~torch.isfinite(norm) | ~torch.isfinite(loss_sum)).float()
-        bad = distributed.all_reduce(bad, "max")  # a step is skipped on every rank or on none (stays on the device)
+        loss_bad = ~torch.isfinite(loss_sum)
+        grad_bad = ~torch.isfinite(norm)
+        # Under fp16 a finite loss with overflowing gradients is GradScaler doing its job (the scale drops and the
+        # step is skipped): skipped, counted as an overflow, but not a bad step.
+        bad = loss_bad if self.scaler.is_enabled() else loss_bad | grad_bad
+        flags = distributed.all_reduce(torch.stack([loss_bad | grad_bad, bad]).float(), "max")  # same on every rank
+        skip, bad = flags[0], flags[1]
         if self.fused:
-            self.optimizer.found_inf = bad  # the fused kernel skips the update on the device
+            self.optimizer.found_inf = skip  # the fused kernel skips the update on the device
             self.optimizer.step()
-        elif not bad.item():  # unfused fallback (old torch): one sync per step
+        elif not skip.item():  # unfused fallback (old torch): one sync per step
             self.optimizer.step()
         if self.scaler.is_enabled():
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        restore = bad > 0
+        restore = skip > 0
         for buffer, saved in zip(self.norm_buffers, snapshot, strict=True):
-            buffer.copy_(torch.where(restore, saved, buffer))  # undo BatchNorm statistics of a bad forward
+            buffer.copy_(torch.where(restore, saved, buffer))  # undo BatchNorm statistics of a skipped forward
         self.scheduler.step()
         self.state.bad_total += bad
+        self.state.overflow_total += skip - bad
         self.bad_run = (self.bad_run + bad) * bad
 
     def _should_stop(self, logging_step: bool) -> bool:
@@ -476,11 +493,12 @@ class Trainer:
         images, skipped, repaired = int(totals[4]), int(totals[5]), int(totals[6])
         values = [v / max(images / self.recipe.train.batch_size, 1) for v in totals[:4]]
         bad_total, bad_run = int(self.state.bad_total.item()), int(self.bad_run.item())
+        overflow_total = int(self.state.overflow_total.item())
         metrics = {
             "loss": values[0], "loss/prob": values[1], "loss/binary": values[2], "loss/thresh": values[3],
             "lr": self.optimizer.param_groups[0]["lr"], "images_per_second": images / elapsed if elapsed else 0.0,
             "data_wait_fraction": data_wait / elapsed if elapsed else 0.0, "epoch": self.state.position.epoch,
-            "bad_steps": bad_total, "skipped_samples": skipped, "repaired_polygons": repaired,
+            "bad_steps": bad_total, "overflow_steps": overflow_total, "skipped_samples": skipped, "repaired_polygons": repaired,
             "elapsed_seconds": time.perf_counter() - self._started,
         }
         self._emit(metrics)
@@ -506,7 +524,7 @@ class Trainer:
         if not self.world.is_main:  # rank 0 scores the full validation set; the others wait for it
             distributed.barrier()
             return
-        detector = Detector.from_model(self.model, self.recipe, self.device)
+        detector = Detector.from_model(self.model, self.recipe, self.device, borrowed=True)
         try:
             result = evaluate_detector(detector, self.val_reader)  # unusable images are counted and skipped
         except Exception as exc:  # noqa: BLE001 - a validation problem never ends training; `last` is on disk

@@ -110,10 +110,13 @@ class Detector:
         return cls.from_model(model, recipe, device)
 
     @classmethod
-    def from_model(cls, model: torch.nn.Module, recipe: Recipe, device: str | torch.device = "cpu") -> Detector:
+    def from_model(
+        cls, model: torch.nn.Module, recipe: Recipe, device: str | torch.device = "cpu", *, borrowed: bool = False
+    ) -> Detector:
+        """A model in memory; ``borrowed`` for a training run's live model, which must not be changed (validation)."""
         from dbtk.infer.torch_runtime import TorchRuntime
 
-        return cls(TorchRuntime(model, device), recipe)
+        return cls(TorchRuntime(model, device, borrowed=borrowed), recipe)
 
     @classmethod
     def from_onnx(cls, path: str | Path, device: str = "auto") -> Detector:

@@ -11,11 +11,14 @@ class TorchRuntime:
 
     input_size = None  # any multiple of 32
 
-    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, device: str | torch.device = "cpu", *, borrowed: bool = False) -> None:
+        """``borrowed``: the model belongs to a training run (validation). It is used as it is — no device move, no
+        layout change — because converting the live model to channels-last would leave the optimizer's moments
+        in the old layout (the fused CUDA optimizer refuses it; on CPU the moments are silently scrambled)."""
         from dbtk.io.device import resolve_device
 
         self.device = resolve_device(device) if isinstance(device, str) else device
-        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+        self.model = model.eval() if borrowed else model.to(self.device).eval().to(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, batch: np.ndarray) -> np.ndarray:

@@ -8,7 +8,10 @@ from dbtk.errors import DbtkError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks cuda, then mps, then cpu; an explicit device that is not available is an error."""
+    """``auto`` picks cuda, then mps, then cpu; an explicit device that is not available is an error.
+
+    An explicit ``cuda:N`` also becomes the current CUDA device of the process.
+    """
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
@@ -25,4 +28,6 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise DbtkError(f"device '{name}' requested but only {torch.cuda.device_count()} GPU(s) are visible")
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise DbtkError("device 'mps' requested but MPS is not available")
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)  # otherwise kernels and the caching allocator still open a context on GPU 0
     return device

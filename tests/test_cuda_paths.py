@@ -1,0 +1,85 @@
+"""Training-side CUDA defects, exercised on the CPU: validation must not change training, fp16 overflow is not a
+bad step, resume works with fewer GPUs, ``cuda:N`` becomes the current device."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import pytest
+import torch
+
+from dbtk.engine import state as state_module
+from dbtk.engine.trainer import Trainer
+from dbtk.errors import DbtkError
+from tests.test_train import tiny
+
+
+def test_nchw_training_is_identical_whether_it_validates_every_step_or_never(tmp_path: Path) -> None:
+    """Validation used to convert the live model to channels-last, leaving AdamW's moments in the old layout."""
+    runs = {}
+    for name, val_every_steps in (("never", 0), ("every", 1)):
+        recipe = tiny(**{"train.max_steps": 4, "train.val_every_steps": val_every_steps, "train.checkpoint_every": 0, "data.val": "val"})
+        recipe = attrs.evolve(recipe, train=attrs.evolve(recipe.train, channels_last=False))
+        trainer = Trainer(recipe, tmp_path / name)
+        trainer.run()
+        assert all(p.is_contiguous() for p in trainer.model.parameters())  # still NCHW
+        runs[name] = trainer
+    assert any("val/hmean" in h for h in runs["every"].state.history)
+    never, every = (dict(runs[k].model.state_dict()) for k in ("never", "every"))
+    assert all(torch.equal(never[k], every[k]) for k in never)
+
+
+def test_fp16_scaler_overflow_is_skipped_and_counted_not_a_bad_step(tmp_path: Path) -> None:
+    if not hasattr(torch.amp, "GradScaler"):
+        pytest.skip("this torch has no CPU GradScaler")
+    trainer = Trainer(tiny("fp16", **{"train.max_bad_steps": 1}), tmp_path / "run")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**60)  # overflows the first steps, then recovers
+    trainer.run()
+    assert trainer.position.step == 6
+    last = trainer.state.history[-1]
+    assert last["bad_steps"] == 0 and last["overflow_steps"] >= 1
+    assert trainer.scaler.get_scale() < 2.0**60  # the scaler reacted to the overflows
+
+
+def test_fp16_non_finite_loss_is_still_a_bad_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not hasattr(torch.amp, "GradScaler"):
+        pytest.skip("this torch has no CPU GradScaler")
+    import dbtk.data.dataset as dataset_module
+
+    real_collate = dataset_module.collate
+
+    def always_nan(samples):  # noqa: ANN001, ANN202
+        batch = real_collate(samples)
+        batch["thresh_map"][:] = float("nan")
+        return batch
+
+    monkeypatch.setattr(dataset_module, "collate", always_nan)
+    trainer = Trainer(tiny("fp16", **{"train.max_bad_steps": 2}), tmp_path / "run")
+    with pytest.raises(DbtkError, match="2 consecutive steps had a non-finite loss"):
+        trainer.run()
+
+
+def test_rng_state_of_more_gpus_resumes_with_fewer(monkeypatch: pytest.MonkeyPatch) -> None:
+    saved = state_module.rng_state()
+    saved["cuda"] = [torch.get_rng_state()] * 4  # written on a 4-GPU machine
+    set_calls: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda value, device: set_calls.append(device))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: pytest.fail("sets every saved GPU state"))
+    state_module.set_rng_state(saved)
+    assert set_calls == [0, 1]
+
+
+def test_explicit_cuda_index_becomes_the_current_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    from dbtk.io.device import resolve_device
+
+    current: list[torch.device] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: current.append(torch.device(device)))
+    assert resolve_device("cuda:1") == torch.device("cuda:1")
+    assert current == [torch.device("cuda:1")]
+    resolve_device("cuda")
+    assert current == [torch.device("cuda:1")]  # no index: the current device stays what CUDA_VISIBLE_DEVICES says
