@@ -1,22 +1,28 @@
 """The ``dbtk`` command line: a lazy click group.
 
 Command modules are imported only when their command runs (or when ``--help`` lists them), following click's
-LazyGroup pattern, so ``dbtk --help`` never pays for torch. Errors the user can fix (:class:`DbtkError`) become
-one red line plus a hint and exit code 2; ``--debug`` (or ``DBTK_DEBUG=1``) shows the traceback instead.
+LazyGroup pattern, so ``dbtk --help`` never pays for torch. :func:`main` is the one boundary where failures become
+one red ``error:`` line plus an optional ``hint:``: errors the user can fix (:class:`DbtkError`), usage errors,
+every ``OSError`` on a file (exit code 2) and Ctrl-C (exit code 130); ``--debug`` (or ``DBTK_DEBUG=1``) shows the
+traceback instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from dbtk import __version__
-from dbtk.errors import DbtkError
+from dbtk.errors import DbtkError, file_error
+
+if TYPE_CHECKING:
+    from dbtk.data.reader import Reader
 
 #: Command name -> "module:attribute". One module per command; nothing here is imported until needed.
 COMMANDS: dict[str, str] = {
@@ -76,28 +82,68 @@ def cli(debug: bool) -> None:
     """
 
 
+class FiniteFloatRange(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``±inf``: nan compares false with both bounds and would
+    pass a plain range. Every float option of every command uses it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number.", param, ctx)
+        return number
+
+
+def require_samples(reader: Reader, split: str, action: str) -> None:
+    """Refuse a split that yields nothing to ``action`` (exit 2, with what reading it found) instead of reporting
+    on zero images as if all were well."""
+    if len(reader):
+        return
+    if reader.problems:
+        first = reader.problems[0]
+        hint = f"reading it found {len(reader.problems)} problem(s), e.g. {first.where()}: {first.detail}"
+    else:
+        hint = "an icdar2015 split is DIR/images/NAME.jpg with DIR/gts/gt_NAME.txt; receipt JSON needs --annotations FILE"
+    raise DbtkError(f"nothing to {action}: no labelled images in {split}", hint=hint)
+
+
 def main(args: Sequence[str] | None = None, prog_name: str = "dbtk") -> None:
-    """Console-script entry point: runs the CLI and turns user errors into one-line messages."""
+    """Console-script entry point: runs the CLI and turns every failure it can explain into one-line messages."""
     argv = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in argv or os.environ.get("DBTK_DEBUG") == "1"
     try:
         cli.main(argv, prog_name=prog_name, standalone_mode=False)
-    except DbtkError as exc:
-        if debug:
-            raise
-        from dbtk.cli import _ui
-
-        _ui.error(exc.message, exc.hint)
-        sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except click.Abort:
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
     except BrokenPipeError:  # `dbtk plugins | head`
         sys.stderr.close()
         sys.exit(0)
+    except (DbtkError, OSError, click.ClickException, click.Abort, KeyboardInterrupt) as exc:
+        if debug:
+            raise
+        _report(exc)
+
+
+#: Raised by click >= 8.2 for a group called without a command; its message is the help text.
+_HELP_ERROR: type[click.ClickException] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _report(exc: BaseException) -> NoReturn:
+    """Print one ``error:`` line (and a ``hint:``) for a failure and exit with its code."""
+    from dbtk.cli import _ui
+
+    if isinstance(exc, OSError):  # any file operation of any command: the one place that explains them
+        exc = file_error(exc)
+    if isinstance(exc, DbtkError):
+        _ui.error(exc.message, exc.hint)
+        sys.exit(exc.exit_code)
+    if isinstance(exc, _HELP_ERROR):  # `dbtk` or `dbtk recipe` alone: the help is the message
+        exc.show()
+        sys.exit(exc.exit_code)
+    if isinstance(exc, click.ClickException):
+        message = exc.format_message()
+        context = getattr(exc, "ctx", None)
+        _ui.error(message[:1].lower() + message[1:], f"see '{context.command_path} --help'" if context else None)
+        sys.exit(exc.exit_code)
+    # Ctrl-C: click turns a KeyboardInterrupt (at start-up too, e.g. while importing torch) into Abort.
+    _ui.error("interrupted")
+    sys.exit(130)

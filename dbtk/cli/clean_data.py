@@ -6,6 +6,8 @@ import os
 
 import click
 
+from dbtk.cli import FiniteFloatRange
+
 
 @click.command("clean-data")
 @click.argument("src", type=click.Path(exists=True, file_okay=False))
@@ -14,8 +16,8 @@ import click
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Write the repaired copy here.")
 @click.option("--check", is_flag=True, help="Only report; exit 1 if anything is wrong.")
 @click.option("--report", type=click.Path(dir_okay=False), help="Write the full report as JSON.")
-@click.option("--min-size", type=float, default=0.0, show_default=True, help="Mark text whose short side is below this (px) as don't-care.")
-@click.option("--workers", type=int, default=None, help="Processes to use (default: all CPUs).")
+@click.option("--min-size", type=FiniteFloatRange(0, 10_000), default=0.0, show_default=True, help="Mark text whose short side is below this (px) as don't-care.")
+@click.option("--workers", type=click.IntRange(1, 1024), default=None, help="Processes to use (default: all CPUs).")
 def clean_data(
     src: str, annotations: str | None, format_name: str | None, out: str | None, check: bool,
     report: str | None, min_size: float, workers: int | None,
@@ -29,7 +31,7 @@ def clean_data(
     """
     from pathlib import Path
 
-    from dbtk.cli import _ui
+    from dbtk.cli import _ui, require_samples
     from dbtk.errors import CheckFailed, DbtkError
 
     if bool(out) == check:
@@ -43,6 +45,7 @@ def clean_data(
     _ui.step(f"indexing {src} as {format_name}")
 
     reader = open_split(src, annotations, format_name)
+    require_samples(reader, src, "check")
     result_report = clean.Report(source=src, format=format_name)
     for problem in reader.problems:
         result_report.add_problem(problem)

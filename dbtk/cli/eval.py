@@ -15,7 +15,7 @@ import click
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override the checkpoint recipe's eval/postprocess keys, e.g. postprocess.box_thresh=0.5.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (summary and per-image scores) instead of tables.")
 @click.option("--vis", "vis_dir", type=click.Path(file_okay=False), help="Write overlays of misses and false positives for the worst images here.")
-@click.option("--worst", default=5, show_default=True, help="How many of the worst images to list (and draw with --vis).")
+@click.option("--worst", type=click.IntRange(0, 100_000), default=5, show_default=True, help="How many of the worst images to list (and draw with --vis).")
 def eval_command(
     checkpoint: str | None, data: str, annotations: str | None, format_name: str | None, pred_dir: str | None,
     device: str, overrides: tuple[str, ...], as_json: bool, vis_dir: str | None, worst: int,
@@ -23,11 +23,12 @@ def eval_command(
     """Score CHECKPOINT on --data (or score prediction files given with --pred).
 
     Metric: ICDAR2015 IoU protocol — one-to-one matches at IoU > 0.5, detections mostly inside '###' regions
-    ignored, precision/recall/hmean micro-averaged over the set.
+    ignored, precision/recall/hmean micro-averaged over the set. Progress goes to stderr, so with --json stdout
+    holds the JSON alone.
     """
     from pathlib import Path
 
-    from dbtk.cli import _ui
+    from dbtk.cli import _ui, require_samples
     from dbtk.errors import DbtkError
 
     if bool(checkpoint) == bool(pred_dir):
@@ -35,19 +36,21 @@ def eval_command(
     from dbtk.data.formats import open_split
 
     reader = open_split(data, annotations, format_name)
+    require_samples(reader, data, "score")
     if pred_dir:
         from dbtk.infer.evaluate import evaluate_folder
 
-        result = _with_progress(len(reader), "scoring", lambda tick: evaluate_folder(Path(pred_dir), reader, tick), as_json)
+        with _ui.progress("scoring", len(reader)) as advance:
+            result = evaluate_folder(Path(pred_dir), reader, advance)
     else:
-        if not as_json:
-            _ui.step(_ui.loading_message(checkpoint))
+        _ui.step(_ui.loading_message(checkpoint))
         from dbtk.infer.detector import Detector
         from dbtk.infer.evaluate import evaluate_detector
 
         detector = Detector.load(checkpoint, device=device)
         _apply_overrides(detector, overrides)
-        result = _with_progress(len(reader), "evaluating", lambda tick: evaluate_detector(detector, reader, tick), as_json)
+        with _ui.progress("evaluating", len(reader)) as advance:
+            result = evaluate_detector(detector, reader, advance)
         if vis_dir:
             _write_overlays(detector, reader, result, Path(vis_dir), worst)
 
@@ -67,15 +70,6 @@ def _apply_overrides(detector, overrides: tuple[str, ...]) -> None:  # noqa: ANN
     for override in overrides:
         recipes.apply_override(data, override)
     detector.configure(recipes.structure(data, source="--set"))
-
-
-def _with_progress(total: int, label: str, run, as_json: bool):  # noqa: ANN001, ANN202
-    if as_json:
-        return run(None)
-    from dbtk.cli import _ui
-
-    with _ui.progress(label, total) as advance:
-        return run(advance)
 
 
 def _print_summary(result, worst: int) -> None:  # noqa: ANN001

@@ -14,19 +14,24 @@ if TYPE_CHECKING:
 #: Largest |torch − exported| probability difference --check accepts.
 TOLERANCE = 1e-4
 
+#: ONNX opsets the TorchScript exporter dbtk uses can write for a DBNet: up to its maximum
+#: (torch.onnx._constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET, 20 in torch 2.x), from 9 (below it nearest
+#: upsampling has no ONNX form). tests/test_cli.py checks this against the installed torch.
+OPSETS = (9, 20)
+
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="File to write (.safetensors or .onnx).")
 @click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx"]), default=None,
               help="Output format (default: from the --out suffix).")
-@click.option("--opset", default=17, show_default=True, help="ONNX opset.")
+@click.option("--opset", type=click.IntRange(*OPSETS), default=17, show_default=True, help="ONNX opset.")
 @click.option("--dynamic/--static", default=True, show_default=True,
               help="ONNX: dynamic batch, height and width (multiples of 32), or a fixed BATCH × SIZE × SIZE input.")
-@click.option("--size", type=int, default=None, help="Static ONNX input side (default: the recipe's eval.long_side).")
-@click.option("--batch", type=int, default=1, show_default=True, help="Static ONNX batch size.")
+@click.option("--size", type=click.IntRange(32, 8192), default=None, help="Static ONNX input side (default: the recipe's eval.long_side).")
+@click.option("--batch", type=click.IntRange(1, 1024), default=1, show_default=True, help="Static ONNX batch size.")
 @click.option("--check", is_flag=True, help="Run the export on images and compare with the checkpoint (exit 1 on a mismatch).")
-@click.option("--images", multiple=True, help="Images (files, folders, globs) for --check (default: 4 of the recipe's validation split).")
+@click.option("--images", multiple=True, type=click.Path(), help="Images (files, folders, globs) for --check (default: 4 of the recipe's validation split).")
 def export(
     checkpoint: str, out: str, fmt: str | None, opset: int, dynamic: bool, size: int | None, batch: int,
     check: bool, images: tuple[str, ...],
@@ -96,13 +101,16 @@ def _check(checkpoint: str, out: str, recipe: Recipe, images: tuple[str, ...]) -
 
 def _check_images(recipe: Recipe, images: tuple[str, ...], count: int = 4) -> list[tuple[str, np.ndarray]]:
     """Named RGB arrays: the given files, or the first few of the recipe's validation split."""
-    from dbtk.data.images import read_image
+    from dbtk.data.images import ImageError, read_image
     from dbtk.errors import DbtkError
 
     if images:
         from dbtk.data.formats import image_files
 
-        return [(path.name, read_image(path).image) for path in image_files(images)]
+        try:
+            return [(path.name, read_image(path).image) for path in image_files(images)]
+        except ImageError as exc:
+            raise DbtkError(f"--check cannot use {exc}", hint="pass readable images with --images") from None
     if recipe.data.val is None:
         raise DbtkError("--check needs images: the checkpoint's recipe has no data.val", hint="pass --images PATH")
     from dbtk.registry import registry

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import click
 
+from dbtk.cli import FiniteFloatRange
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--check", is_flag=True, help="Import every component and report which ones are broken.")
-@click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds allowed per import with --check.")
+@click.option("--timeout", type=FiniteFloatRange(0, 3600, min_open=True), default=30.0, show_default=True, help="Seconds allowed per import with --check.")
 def plugins(as_json: bool, check: bool, timeout: float) -> None:
     """List registered encoders, decoders, heads, losses, loggers and dataset readers.
 

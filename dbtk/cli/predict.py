@@ -7,13 +7,13 @@ import click
 
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
-@click.argument("images", nargs=-1, required=True)
+@click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", default="predictions", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--format", "out_format", type=click.Choice(["json", "icdar", "receipt-json"]), default="json", show_default=True,
               help="json: NAME.json per image; icdar: res_NAME.txt per image (x1,y1,...,score); receipt-json: one predictions.json in the competition shape.")
 @click.option("--vis", is_flag=True, help="Also write NAME_vis.jpg overlays.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--batch-size", type=int, default=None, help="Images per forward pass (default: the recipe's eval.batch_size).")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None, help="Images per forward pass (default: the recipe's eval.batch_size).")
 def predict(checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: str, vis: bool, device: str, batch_size: int | None) -> None:
     """Detect text in IMAGES (files, folders or globs) with CHECKPOINT.
 
@@ -23,6 +23,7 @@ def predict(checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: 
 
     from dbtk.cli import _ui
     from dbtk.data.formats import image_files
+    from dbtk.errors import DbtkError
 
     paths = image_files(images)
     out = Path(out_dir)
@@ -56,6 +57,8 @@ def predict(checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: 
                 receipt[path.name] = receipt_words(detections)
             if vis:
                 cv2.imwrite(str(out / f"{path.stem}_vis.jpg"), draw_overlay(image, detections))
+    if failed == len(paths):
+        raise DbtkError(f"none of the {len(paths)} images could be read", hint="the warnings above say why, image by image")
     if out_format == "receipt-json":
         write_json(out / "predictions.json", {"images": receipt})
     _ui.console().print(f"[green]✓[/] {len(paths) - failed} images → {out}" + (f" ({failed} unreadable)" if failed else ""))

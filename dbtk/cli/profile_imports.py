@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import click
 
+from dbtk.cli import FiniteFloatRange
+
 #: Modules that must never be imported on a ``--help`` path (the start-up rule).
 HEAVY_MODULES = ("torch", "torchvision", "timm", "numpy", "cv2", "shapely", "pyclipper")
 
@@ -67,8 +69,8 @@ def profile_command(args: list[str]) -> ImportProfile:
 
 @click.command("profile-imports")
 @click.argument("commands", nargs=-1)
-@click.option("--top", default=10, show_default=True, help="How many of the heaviest modules to show.")
-@click.option("--budget", type=float, default=None, help="Exit 1 if any command's imports take longer (seconds).")
+@click.option("--top", type=click.IntRange(1, 10_000), default=10, show_default=True, help="How many of the heaviest modules to show.")
+@click.option("--budget", type=FiniteFloatRange(0, 3600, min_open=True), default=None, help="Exit 1 if any command's imports take longer (seconds).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
 def profile_imports(commands: tuple[str, ...], top: int, budget: float | None, as_json: bool) -> None:
     """Measure the import time of 'dbtk COMMAND --help' (default: dbtk itself and every command)."""
