@@ -1,8 +1,9 @@
-"""Typed TOML recipes: schema, loading, ``--set`` overrides, validation and dumping.
+"""Typed TOML recipes: schema, loading, ``--set`` overrides, validation, paths, the resume check and dumping.
 
 A recipe is plain data: component tables name registered components (see :mod:`dbtk.registry`), never import
 paths. Files are parsed with tomllib (tomli before Python 3.11) and structured by cattrs into the attrs classes
-below, with strict types, range checks and error messages that carry the full key path and a suggestion.
+below, with strict types, bounded ranges and error messages that carry the full key path, a suggestion and where
+the key came from (the file or a ``--set`` item). Loading makes every path absolute (docs/recipes.md#paths).
 
 Every field's ``help`` metadata is the documentation: docs/recipes.md is checked against it by a test.
 This module must not import torch or any other heavy dependency.
@@ -10,8 +11,10 @@ This module must not import torch or any other heavy dependency.
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +28,7 @@ from cattrs.errors import (
     IterableValidationError,
 )
 
-from dbtk.errors import DbtkError, RecipeError, did_you_mean
+from dbtk.errors import DbtkError, RecipeError
 
 if TYPE_CHECKING:
     from dbtk.registry import Entry, Registry
@@ -37,14 +40,24 @@ else:  # pragma: no cover - exercised on 3.10 only
 
 
 class FieldError(ValueError):
-    """A value that has the right type but is not allowed; carries the field name for the key path."""
+    """A value that has the right type but is not allowed; carries the field name for the key path, and the names
+    of sibling fields the check compared it with (``related``: a ``--set`` of one of them is named as the source)."""
 
-    def __init__(self, field_name: str, message: str) -> None:
+    def __init__(self, field_name: str, message: str, related: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.field_name = field_name
+        self.related = related
 
 
 # ---------------------------------------------------------------------------------------------- validators
+#: Upper bounds that keep every size a recipe sets runnable (docs/recipes.md): an image side (training size, crop,
+#: inference size; also ``dbtk models --size``), images in a batch, steps, loader processes.
+MAX_SIDE = 8192
+MAX_BATCH = 1024
+MAX_STEPS = 100_000_000
+MAX_WORKERS = 256
+
+
 def _validator(check: Callable[[Any], bool], describe: str) -> Callable[[Any, attrs.Attribute, Any], None]:
     def validate(_instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         if not check(value):
@@ -57,8 +70,10 @@ def at_least(low: float) -> Callable[[Any, attrs.Attribute, Any], None]:
     return _validator(lambda v: v >= low, f">= {low}")
 
 
-def positive() -> Callable[[Any, attrs.Attribute, Any], None]:
-    return _validator(lambda v: v > 0 and math.isfinite(v), "> 0")
+def positive(high: float = math.inf) -> Callable[[Any, attrs.Attribute, Any], None]:
+    if high == math.inf:
+        return _validator(lambda v: v > 0 and math.isfinite(v), "> 0")
+    return _validator(lambda v: 0 < v <= high, f"> 0 and at most {high}")
 
 
 def between(low: float, high: float, *, inclusive: bool = True) -> Callable[[Any, attrs.Attribute, Any], None]:
@@ -71,11 +86,16 @@ def one_of(*choices: str) -> Callable[[Any, attrs.Attribute, Any], None]:
     return _validator(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
 
 
-def multiple_of(step: int, *, allow_zero: bool = False) -> Callable[[Any, attrs.Attribute, Any], None]:
+def multiple_of(step: int, high: int, *, allow_zero: bool = False) -> Callable[[Any, attrs.Attribute, Any], None]:
     zero = " (or 0)" if allow_zero else ""
     return _validator(
-        lambda v: (allow_zero and v == 0) or (v > 0 and v % step == 0), f"a positive multiple of {step}{zero}"
+        lambda v: (allow_zero and v == 0) or (0 < v <= high and v % step == 0),
+        f"a positive multiple of {step} up to {high}{zero}",
     )
+
+
+def not_empty() -> Callable[[Any, attrs.Attribute, Any], None]:
+    return _validator(lambda v: bool(v.strip()), "a non-empty string")
 
 
 def _field(default: Any, help: str, validator: Any = None, factory: bool = False) -> Any:
@@ -101,7 +121,9 @@ class Component:
 class Split:
     """Where a data split lives: a folder, or images plus one annotation file (receipt JSON)."""
 
-    images: str = _field(None, "image folder (or dataset root for ICDAR2015: images/ + gts/)")
+    images: str = attrs.field(
+        validator=not_empty(), metadata={"help": "image folder (or dataset root for ICDAR2015: images/ + gts/)"}
+    )
     annotations: str | None = _field(None, "annotation file, for formats that keep all labels in one file")
 
 
@@ -129,76 +151,76 @@ class Data:
     )
     train: Split | None = _field(None, "training split: a folder, or {images = ..., annotations = ...}")
     val: Split | None = _field(None, "validation split, same form as train")
-    image_size: int = _field(640, "training input side in pixels (LongestMaxSize + pad)", multiple_of(32))
+    image_size: int = _field(640, "training input side in pixels (LongestMaxSize + pad)", multiple_of(32, MAX_SIDE))
     crop: int = _field(
         0, "random crops of this side at native scale instead of resizing whole images (0 = off)",
-        multiple_of(32, allow_zero=True),
+        multiple_of(32, MAX_SIDE, allow_zero=True),
     )
     shrink_ratio: float = _field(0.4, "DB shrink ratio r of the probability-map kernels", between(0, 1, inclusive=False))
     thresh_min: float = _field(0.3, "threshold-map value far from text", between(0, 1))
     thresh_max: float = _field(0.7, "threshold-map value on text borders", between(0, 1))
-    min_text_size: float = _field(3.0, "text shorter than this many pixels after augmentation becomes don't-care", at_least(0))
+    min_text_size: float = _field(3.0, "text shorter than this many pixels after augmentation becomes don't-care", between(0, MAX_SIDE))
     augment: bool = _field(True, "random scale, rotation, crop position and colour jitter for training")
-    scale_min: float = _field(0.5, "smallest random scale (relative to LongestMaxSize, or to native size with crop)", positive())
-    scale_max: float = _field(1.5, "largest random scale", positive())
+    scale_min: float = _field(0.5, "smallest random scale (relative to LongestMaxSize, or to native size with crop)", positive(8.0))
+    scale_max: float = _field(1.5, "largest random scale", positive(8.0))
     rotate: float = _field(10.0, "largest random rotation in degrees", between(0, 180))
     color_jitter: float = _field(0.3, "strength of brightness/contrast/saturation jitter (0 = off)", between(0, 1))
-    cache: str = _field("off", "decoded-sample cache: 'off', 'auto' (user cache folder) or a folder path")
+    cache: str = _field("off", "decoded-sample cache: 'off', 'auto' (user cache folder) or a folder path", not_empty())
 
     def __attrs_post_init__(self) -> None:
         if self.thresh_min >= self.thresh_max:
-            raise FieldError("thresh_max", f"must be greater than thresh_min ({self.thresh_min}), got {self.thresh_max}")
+            raise FieldError("thresh_max", f"must be greater than thresh_min ({self.thresh_min}), got {self.thresh_max}", ("thresh_min",))
         if self.scale_min > self.scale_max:
-            raise FieldError("scale_max", f"must be at least scale_min ({self.scale_min}), got {self.scale_max}")
+            raise FieldError("scale_max", f"must be at least scale_min ({self.scale_min}), got {self.scale_max}", ("scale_min",))
 
 
 @attrs.define
 class Train:
-    epochs: int = _field(100, "passes over the training set", at_least(1))
-    max_steps: int = _field(0, "stop after this many optimizer steps (0 = run all epochs)", at_least(0))
-    batch_size: int = _field(2, "images per forward pass, per process", at_least(1))
-    accumulate: int = _field(1, "forward passes per optimizer step (effective batch = batch_size x accumulate)", at_least(1))
+    epochs: int = _field(100, "passes over the training set", between(1, 1_000_000))
+    max_steps: int = _field(0, "stop after this many optimizer steps (0 = run all epochs)", between(0, MAX_STEPS))
+    batch_size: int = _field(2, "images per forward pass, per process", between(1, MAX_BATCH))
+    accumulate: int = _field(1, "forward passes per optimizer step (effective batch = batch_size x accumulate)", between(1, MAX_BATCH))
     precision: str = _field("bf16", "autocast precision: 'fp32', 'bf16' or 'fp16' (fp16 uses a GradScaler)", one_of("fp32", "bf16", "fp16"))
     optimizer: str = _field("adamw", "optimizer: 'adamw' or 'sgd'", one_of("adamw", "sgd"))
     lr: float = _field(1e-3, "peak learning rate", positive())
     weight_decay: float = _field(1e-4, "decoupled weight decay", at_least(0))
     grad_clip: float = _field(5.0, "clip the gradient norm to this value (0 = off)", at_least(0))
     scheduler: str = _field("poly", "learning-rate schedule after warmup: 'poly', 'cosine' or 'constant'", one_of("poly", "cosine", "constant"))
-    warmup_steps: int = _field(0, "linear warmup steps", at_least(0))
-    workers: int = _field(4, "data-loader worker processes", at_least(0))
+    warmup_steps: int = _field(0, "linear warmup steps", between(0, MAX_STEPS))
+    workers: int = _field(4, "data-loader worker processes", between(0, MAX_WORKERS))
     device: str = _field("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    val_every: int = _field(1, "validate every N epochs (0 = never)", at_least(0))
-    val_every_steps: int = _field(0, "also validate every N optimizer steps (0 = off)", at_least(0))
-    checkpoint_every: int = _field(500, "write checkpoints/last every N optimizer steps, besides each epoch end (0 = epoch ends only)", at_least(0))
-    log_every: int = _field(10, "log metrics every N optimizer steps (the only host syncs in the loop)", at_least(1))
-    max_bad_steps: int = _field(20, "stop after this many consecutive non-finite steps", at_least(1))
+    val_every: int = _field(1, "validate every N epochs (0 = never)", between(0, 1_000_000))
+    val_every_steps: int = _field(0, "also validate every N optimizer steps (0 = off)", between(0, MAX_STEPS))
+    checkpoint_every: int = _field(500, "write checkpoints/last every N optimizer steps, besides each epoch end (0 = epoch ends only)", between(0, MAX_STEPS))
+    log_every: int = _field(10, "log metrics every N optimizer steps (the only host syncs in the loop)", between(1, MAX_STEPS))
+    max_bad_steps: int = _field(20, "stop after this many consecutive non-finite steps", between(1, MAX_STEPS))
     compile: bool = _field(False, "apply torch.compile to the model (lazily, on the first step)")
     channels_last: bool = _field(True, "NHWC memory layout for the model and batches (1.2x faster steps on CPU here)")
     sync_bn: bool = _field(False, "under DDP, compute BatchNorm statistics over all processes' batches (small per-GPU batches)")
-    dist_timeout: int = _field(1800, "under DDP, seconds a process waits for the others (validation included) before failing", at_least(1))
+    dist_timeout: int = _field(1800, "under DDP, seconds a process waits for the others (validation included) before failing", between(1, 7 * 24 * 3600))
 
 
 @attrs.define
 class Postprocess:
     thresh: float = _field(0.3, "binarisation threshold on the probability map", between(0, 1, inclusive=False))
     box_thresh: float = _field(0.4, "drop boxes whose mean probability is below this", between(0, 1))
-    unclip_ratio: float = _field(1.5, "expand shrunk kernels by area x ratio / perimeter", positive())
-    max_candidates: int = _field(1000, "keep at most this many contours per image (largest first)", at_least(1))
-    min_size: float = _field(3.0, "drop boxes whose short side is below this many pixels", at_least(0))
+    unclip_ratio: float = _field(1.5, "expand shrunk kernels by area x ratio / perimeter", positive(10.0))
+    max_candidates: int = _field(1000, "keep at most this many contours per image (largest first)", between(1, 100_000))
+    min_size: float = _field(3.0, "drop boxes whose short side is below this many pixels", between(0, MAX_SIDE))
     polygon: bool = _field(False, "output polygons instead of minimum-area rectangles")
     score_mode: str = _field("fast", "'fast' (bounding-box mean) or 'exact' (mean inside the contour)", one_of("fast", "exact"))
 
 
 @attrs.define
 class Eval:
-    long_side: int = _field(1024, "inference resize: longest image side in pixels", multiple_of(32))
-    batch_size: int = _field(1, "images per inference batch", at_least(1))
+    long_side: int = _field(1024, "inference resize: longest image side in pixels", multiple_of(32, MAX_SIDE))
+    batch_size: int = _field(1, "images per inference batch", between(1, MAX_BATCH))
 
 
 @attrs.define
 class Recipe:
     name: str = _field("dbtk", "run name (the default run folder is runs/NAME)")
-    seed: int = _field(42, "seed for Python, numpy and torch RNGs", at_least(0))
+    seed: int = _field(42, "seed for Python, numpy and torch RNGs", between(0, 2**32 - 1))
     model: Model = _field(Model, "model components", factory=True)
     loss: Component = _field(lambda: Component("db"), "registered loss plus its parameters", factory=True)
     data: Data = _field(Data, "datasets, targets and augmentation", factory=True)
@@ -224,10 +246,6 @@ class Recipe:
 
 for _cls in (Component, Split, Model, Data, Train, Postprocess, Eval, Recipe):
     attrs.resolve_types(_cls)
-
-#: Field types whose ``--set`` value is taken as plain text, never parsed as TOML.
-_TEXT_TYPES = (str, Component, Split | None)
-
 
 # ---------------------------------------------------------------------------------------------- cattrs
 def _strict(expected: type, label: str) -> Callable[[Any, type], Any]:
@@ -320,48 +338,70 @@ def _leaf_errors(exc: BaseException, path: tuple[str, ...]) -> Iterable[tuple[tu
         yield path, exc
 
 
-def _schema_at(path: Sequence[str]) -> type | None:
-    """The attrs class found at a key path, if the path runs through typed tables only."""
-    cls: Any = Recipe
-    for key in path:
-        if key.isdigit():
-            continue
-        fields = attrs.fields_dict(cls) if attrs.has(cls) else {}
-        if key not in fields:
-            return None
-        cls = fields[key].type
-    return cls if attrs.has(cls) else None
+@attrs.frozen
+class _Problem:
+    """One invalid key, as data; :meth:`error` words it once the source of the key (file or ``--set``) is known."""
+
+    path: tuple[str, ...]
+    detail: str = ""
+    unknown: bool = False
+    suggestion: tuple[str, ...] | None = None
+    hint: str | None = None
+    #: Other keys the check compared this one with: a ``--set`` of any of them is named as the source.
+    related: tuple[tuple[str, ...], ...] = ()
+
+    def error(self, source: str) -> RecipeError:
+        where = f" in {source}" if source else ""
+        key = ".".join(self.path)
+        if self.unknown:
+            guess = f" (did you mean '{'.'.join(self.suggestion)}'?)" if self.suggestion else ""
+            return RecipeError(f"unknown key '{key}'{where}{guess}", hint=self.hint)
+        return RecipeError(f"{key or 'recipe'}{where}: {self.detail}", hint=self.hint)
 
 
-def _recipe_error(exc: ClassValidationError, source: str) -> RecipeError:
+def _unknown_key(table: tuple[str, ...], key: str, known: Sequence[str]) -> _Problem:
+    close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return _Problem(
+        (*table, key),
+        unknown=True,
+        suggestion=(*table, close[0]) if close else None,
+        hint=f"keys allowed in [{'.'.join(table) or 'top level'}]: {', '.join(known)}",
+    )
+
+
+def _problem(exc: ClassValidationError) -> _Problem:
     path, leaf = next(iter(_leaf_errors(exc, ())))
-    where = f" in {source}" if source else ""
     if isinstance(leaf, ForbiddenExtraKeysError):
-        key = sorted(leaf.extra_fields)[0]
-        known = [f.name for f in attrs.fields(leaf.cl)]
-        full = ".".join((*path, key))
-        suggestion = did_you_mean(key, known)
-        if suggestion:
-            suggestion = f" (did you mean '{'.'.join((*path, suggestion.split(chr(39))[1]))}'?)"
-        return RecipeError(
-            f"unknown key '{full}'{where}{suggestion}",
-            hint=f"keys allowed in [{'.'.join(path) or 'top level'}]: {', '.join(known)}",
-        )
+        return _unknown_key(path, sorted(leaf.extra_fields)[0], [f.name for f in attrs.fields(leaf.cl)])
     if isinstance(leaf, FieldError):
-        full = ".".join((*path, leaf.field_name))
-        return RecipeError(f"{full}{where}: {leaf}")
+        return _Problem((*path, leaf.field_name), str(leaf), related=tuple((*path, name) for name in leaf.related))
     if isinstance(leaf, KeyError):
-        return RecipeError(f"{'.'.join(path)}{where}: missing required key")
-    return RecipeError(f"{'.'.join(path) or 'recipe'}{where}: {leaf}")
+        return _Problem(path, "missing required key", related=(path[:-1],))
+    return _Problem(path, str(leaf))
+
+
+def _source_of(problem: _Problem, source: str, applied: Sequence[tuple[tuple[str, ...], str]]) -> str:
+    """Where the problem's key came from: the last ``--set`` that wrote it (or a key it was checked against),
+    otherwise ``source``."""
+    keys = [key for key in (problem.path, *problem.related) if key]
+    for parts, override in reversed(applied):
+        if any(key[: len(parts)] == parts or parts[: len(key)] == key for key in keys):
+            return f"--set '{override}'"
+    return source
 
 
 # ---------------------------------------------------------------------------------------------- public API
 def structure(data: Mapping[str, Any], source: str = "") -> Recipe:
     """Build a validated :class:`Recipe` from a parsed TOML mapping; raises :class:`RecipeError`."""
+    return _structure(data, source, ())
+
+
+def _structure(data: Mapping[str, Any], source: str, applied: Sequence[tuple[tuple[str, ...], str]]) -> Recipe:
     try:
         return converter.structure(_with_component_defaults(dict(data), Recipe), Recipe)
     except ClassValidationError as exc:
-        raise _recipe_error(exc, source) from exc
+        problem = _problem(exc)
+        raise problem.error(_source_of(problem, source, applied)) from exc
 
 
 def _with_component_defaults(data: dict[str, Any], cls: type) -> dict[str, Any]:
@@ -374,9 +414,14 @@ def _with_component_defaults(data: dict[str, Any], cls: type) -> dict[str, Any]:
             continue
         if f.type is Component and "name" not in value:
             data[f.name] = {**getattr(defaults, f.name).as_table(), **value}
-        elif attrs.has(f.type) and f.type not in (Split, Component):
+        elif _is_table(f.type):
             data[f.name] = _with_component_defaults(dict(value), f.type)
     return data
+
+
+def _is_table(tp: Any) -> bool:
+    """A schema table whose keys are schema fields (not a component's free-form parameters, not a split)."""
+    return attrs.has(tp) and tp not in (Split, Component)
 
 
 def unstructure(recipe: Recipe) -> dict[str, Any]:
@@ -389,9 +434,9 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise RecipeError(f"recipe not found: {path}", hint="pass the path of a .toml recipe, e.g. recipes/quickstart.toml") from None
+        raise RecipeError(f"recipe not found: {path.absolute()}", hint="pass the path of a .toml recipe, e.g. recipes/quickstart.toml") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"cannot read recipe {path}: {exc}") from None
+        raise RecipeError(f"cannot read recipe {path.absolute()}: {exc}") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -399,67 +444,235 @@ def read_toml(path: str | Path) -> dict[str, Any]:
 
 
 def load(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Read a recipe file, apply ``--set`` overrides and validate the result."""
-    data = read_toml(path)
-    for override in overrides:
-        apply_override(data, override)
-    return structure(data, source=str(path))
+    """Read a recipe file, apply ``--set`` overrides, validate, and make its paths absolute.
+
+    Relative paths written in the file are relative to the file's folder, those given with ``--set`` to the current
+    folder (see :func:`_absolute_paths`). An error names the ``--set`` item when one wrote the key, else the file.
+    """
+    path = Path(path)
+    return _build(read_toml(path), overrides, str(path), path.absolute().parent)
 
 
-def apply_override(data: dict[str, Any], override: str) -> None:
-    """Apply one ``key.path=value`` override in place, typing the value by the schema.
+def with_overrides(recipe: Recipe, overrides: Sequence[str]) -> Recipe:
+    """Apply ``--set`` overrides to a recipe that is not a file (the defaults, a checkpoint's), exactly as
+    :func:`load` does: errors name the ``--set`` item, relative paths resolve against the current folder."""
+    return _build(unstructure(recipe), overrides, "", None)
 
-    String fields take the text as is (``--set name=123`` is the string "123"); other values are parsed as TOML
-    literals (``5e-4``, ``true``, ``[1, 2]``), falling back to the raw text so the type check names the key.
+
+def _build(data: dict[str, Any], overrides: Sequence[str], source: str, folder: Path | None) -> Recipe:
+    applied = [(apply_override(data, override), override) for override in overrides]
+    recipe = _structure(data, source, applied)
+    return _absolute_paths(recipe, folder, [parts for parts, _ in applied])
+
+
+# ---------------------------------------------------------------------------------------------- paths
+#: Dataset readers whose ``data.train`` / ``data.val`` values are split names, not paths: left as written.
+NAMED_SPLIT_FORMATS = frozenset({"synthetic"})
+
+
+def _absolute_paths(recipe: Recipe, folder: Path | None, overridden: Sequence[tuple[str, ...]]) -> Recipe:
+    """The recipe with every relative path made absolute: a value from ``--set`` (a key in ``overridden``) against
+    the current folder, a value from the file against ``folder`` (kept as written when ``folder`` is None).
+
+    Path keys: ``data.train`` and ``data.val`` (images and annotations) unless the format is one of
+    :data:`NAMED_SPLIT_FORMATS`, ``data.cache`` unless 'off' or 'auto', and the encoder's ``pretrained`` when it
+    is a string.
+    """
+
+    def resolve(key: tuple[str, ...], value: str) -> str:
+        base = Path.cwd() if any(key[: len(parts)] == parts for parts in overridden) else folder
+        return value if base is None else os.path.normpath(base / Path(value).expanduser())
+
+    data, encoder = recipe.data, recipe.model.encoder
+    changes: dict[str, Any] = {}
+    if data.format.name.rpartition(":")[2] not in NAMED_SPLIT_FORMATS:
+        for name in ("train", "val"):
+            split = getattr(data, name)
+            if split is not None:
+                annotations = split.annotations
+                changes[name] = Split(
+                    resolve(("data", name, "images"), split.images),
+                    None if annotations is None else resolve(("data", name, "annotations"), annotations),
+                )
+    if data.cache not in ("off", "auto"):
+        changes["cache"] = resolve(("data", "cache"), data.cache)
+    pretrained = encoder.params.get("pretrained")
+    if isinstance(pretrained, str) and pretrained:
+        encoder = attrs.evolve(encoder, params={**encoder.params, "pretrained": resolve(("model", "encoder", "pretrained"), pretrained)})
+    return attrs.evolve(recipe, data=attrs.evolve(data, **changes), model=attrs.evolve(recipe.model, encoder=encoder))
+
+
+# ---------------------------------------------------------------------------------------------- --set overrides
+def apply_override(data: dict[str, Any], override: str) -> tuple[str, ...]:
+    """Apply one ``key.path=value`` override in place, typing the value by the schema; returns the key path.
+
+    The key must be a schema key (a component table's own parameters are free-form: its signature checks them).
+    String fields take the text as is (``--set name=123`` is the string "123"); component and split fields take a
+    name or path, or an inline table ``{ ... }``; other values are TOML literals (``5e-4``, ``true``, ``[1, 2]``),
+    falling back to the raw text so the type check names the key. Every error names the ``--set`` item.
     """
     key, sep, text = override.partition("=")
-    key = key.strip()
-    parts = key.split(".")
-    if not sep or not key or any(not p for p in parts):
+    parts = tuple(part.strip() for part in key.split("."))
+    if not sep or not all(parts):
         raise RecipeError(f"bad --set '{override}': expected KEY=VALUE", hint="for example: --set train.lr=5e-4")
-    if any(p.isdigit() for p in parts):
-        raise RecipeError(f"bad --set '{override}': arrays of tables cannot be overridden", hint="edit the recipe file instead")
-    value = _parse_override_value(parts, text.strip())
-    node: Any = data
+    value = _parse_override_value(_override_type(parts, override), text.strip(), override)
+    node = data
     for depth, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if isinstance(child, str) and _is_shorthand(parts[: depth + 1]):
-            child = {"name": child}  # e.g. data.format = "x" set with --set data.format.count=3
-        if child is None:
-            child = _default_table(parts[: depth + 1])
+        here = parts[: depth + 1]
+        child = node.get(part, {})
+        shorthand = _shorthand_key(here)
+        if isinstance(child, str) and shorthand:
+            child = {shorthand: child}  # data.format = "x" with --set data.format.count=3
         if not isinstance(child, dict):
-            raise RecipeError(f"bad --set '{override}': '{'.'.join(parts[: depth + 1])}' is not a table")
+            raise RecipeError(f"bad --set '{override}': '{'.'.join(here)}' is not a table in the recipe")
         node[part] = child
         node = child
     node[parts[-1]] = value
+    return parts
 
 
-def _default_table(path: Sequence[str]) -> dict[str, Any]:
-    """A new table for an override path: a component not written in the recipe starts from its default."""
-    parent = _schema_at(path[:-1])
-    if parent is None or attrs.fields_dict(parent)[path[-1]].type is not Component:
-        return {}
-    default = getattr(parent(), path[-1])
-    return default.as_table()
+def _override_type(parts: tuple[str, ...], override: str) -> Any:
+    """The schema type a ``--set`` key sets (``None`` for a component's own parameter). Refuses, naming the item:
+    a key outside the schema (with did-you-mean), a table set to a value, a value used as a table, an array item."""
+    source = f"--set '{override}'"
+    cls: Any = Recipe
+    for depth, part in enumerate(parts):
+        here, rest = parts[: depth + 1], parts[depth + 1 :]
+        name = ".".join(here)
+        fields = attrs.fields_dict(cls)
+        if part not in fields:
+            raise _unknown_key(parts[:depth], part, list(fields)).error(source)
+        tp = fields[part].type
+        if tp is Component:
+            if any(p.isdigit() for p in rest):
+                raise RecipeError(f"bad --set '{override}': array items cannot be set one by one",
+                                  hint=f"set the whole array: --set {'.'.join(parts[:-1])}=[...]")
+            return None if rest else tp
+        if tp == Split | None:
+            if rest and rest[0] not in attrs.fields_dict(Split):
+                raise _unknown_key(here, rest[0], [f.name for f in attrs.fields(Split)]).error(source)
+            if len(rest) > 1:
+                raise RecipeError(f"bad --set '{override}': '{name}.{rest[0]}' is a string, not a table")
+            return str if rest else tp
+        if tp == list[Component]:
+            if rest:
+                raise RecipeError(f"bad --set '{override}': arrays of tables cannot be overridden", hint="edit the recipe file instead")
+            return tp
+        if _is_table(tp):
+            if not rest:
+                raise RecipeError(f"bad --set '{override}': '{name}' is a table, not a value",
+                                  hint=f"set one of its keys, e.g. --set {name}.{attrs.fields(tp)[0].name}=...")
+            cls = tp
+            continue
+        if rest:
+            kind = _type_name(tp)
+            raise RecipeError(f"bad --set '{override}': '{name}' is {'an' if kind[0] in 'aeiou' else 'a'} {kind}, not a table")
+        return tp
+    raise AssertionError("unreachable: the loop returns at the last key")
 
 
-def _is_shorthand(path: Sequence[str]) -> bool:
-    parent = _schema_at(path[:-1])
-    if parent is None:
-        return False
-    return attrs.fields_dict(parent)[path[-1]].type is Component
+def _shorthand_key(path: Sequence[str]) -> str | None:
+    """The table key a plain string stands for at ``path``: a component's ``name``, a split's ``images``."""
+    cls: Any = Recipe
+    for key in path[:-1]:
+        field = attrs.fields_dict(cls).get(key) if _is_table(cls) else None
+        if field is None:
+            return None
+        cls = field.type
+    field = attrs.fields_dict(cls).get(path[-1]) if _is_table(cls) else None
+    if field is None:
+        return None
+    return {Component: "name", Split | None: "images"}.get(field.type)
 
 
-def _parse_override_value(path: Sequence[str], text: str) -> Any:
-    parent = _schema_at(path[:-1])
-    if parent is not None and path[-1] in attrs.fields_dict(parent):
-        field_type = attrs.fields_dict(parent)[path[-1]].type
-        if field_type in _TEXT_TYPES:
-            return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+def _parse_override_value(tp: Any, text: str, override: str) -> Any:
+    if tp is str:
+        return _unquote(text)
+    if tp is Component or tp == Split | None:
+        if not text.startswith("{"):
+            return _unquote(text)
+        try:
+            return tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError as exc:
+            raise RecipeError(f"bad --set '{override}': not a valid inline table ({exc})") from None
     try:
-        return tomllib.loads(f"value = {text}")["value"]
+        parsed = tomllib.loads(f"value = {text}")
     except tomllib.TOMLDecodeError:
         return text
+    return parsed["value"] if len(parsed) == 1 else text
+
+
+def _unquote(text: str) -> str:
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] == '"' else text
+
+
+# ---------------------------------------------------------------------------------------------- resume
+#: Keys a resumed run may change (docs/training.md), and how: "grow" only upward (the run trains longer; 0, "all
+#: epochs", cannot grow), "any" freely (how the run reports and where it runs). Every other key must stay the run's.
+RESUME_CHANGES: dict[str, str] = {
+    "train.max_steps": "grow",
+    "train.epochs": "grow",
+    "train.log_every": "any",
+    "train.val_every": "any",
+    "train.val_every_steps": "any",
+    "train.checkpoint_every": "any",
+    "train.workers": "any",
+    "train.device": "any",
+    "train.dist_timeout": "any",
+    "loggers": "any",
+}
+
+
+def check_resume(run: Recipe, requested: Recipe, run_source: str) -> None:
+    """Refuse to resume a run (recipe ``run``, from ``run_source``) with a recipe that differs from it in a key
+    :data:`RESUME_CHANGES` does not allow to change (or not that way): a RecipeError naming the key. What passes is
+    the run's recipe plus the allowed changes, i.e. ``requested``: the recipe the run continues with.
+
+    Relative paths in the run's recipe (checkpoints of dbtk versions that stored them as given) were relative to the
+    folder the run started in, which a resume had to start in too: they resolve against the current folder.
+    """
+    ours = _flatten(unstructure(_absolute_paths(run, Path.cwd(), ())))
+    theirs = _flatten(unstructure(requested))
+    refused = []
+    for key in dict.fromkeys([*ours, *theirs]):
+        old, new = ours.get(key), theirs.get(key)
+        if _shown(old) == _shown(new):  # equal as TOML: 1 and 1.0, or true and 1, differ
+            continue
+        rule = RESUME_CHANGES.get(key)
+        if not (rule == "any" or (rule == "grow" and isinstance(old, int) and isinstance(new, int) and 0 < old < new)):
+            refused.append(key)
+    if not refused:
+        return
+    key = refused[0]
+    old, new = ours.get(key), theirs.get(key)
+    values = f"{_shown(old)} in the run, {_shown(new)} on the command line"
+    also = f" (also differs: {', '.join(refused[1:])})" if refused[1:] else ""
+    keep = f"--set {key}={_toml_value(old)}" if old is not None else f"leave {key} unset"
+    if RESUME_CHANGES.get(key) == "grow":
+        raise RecipeError(
+            f"--resume: {key} may only grow: it is {values}{also}",
+            hint=f"{keep} continues the run as planned; a larger value trains longer; --stop-at STEP stops earlier",
+        )
+    raise RecipeError(
+        f"--resume: the run's recipe differs from the command line's at {key}: {values}{also}",
+        hint=f"resume with the run's value ({keep}), or start a new run with another --out (the run's recipe: "
+        f"{run_source}; what may change on resume: docs/training.md)",
+    )
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted key → value for every value that is not a table (arrays stay whole)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _shown(value: Any) -> str:
+    return "unset" if value is None else _toml_value(value)
 
 
 def dumps(recipe: Recipe) -> str:
@@ -504,7 +717,7 @@ def field_docs() -> list[tuple[str, str, Any, str]]:
     def walk(cls: type, prefix: str) -> None:
         instance = cls()
         for f in attrs.fields(cls):
-            if attrs.has(f.type) and f.type not in (Split, Component):
+            if _is_table(f.type):
                 walk(f.type, f"{prefix}{f.name}.")
                 continue
             default = getattr(instance, f.name)

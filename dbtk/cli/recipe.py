@@ -13,12 +13,13 @@ def recipe() -> None:
 @recipe.command()
 @click.argument("path", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. train.lr=5e-4.")
-@click.option("--no-import", is_flag=True, help="Check component names only; skip importing them (no torch).")
+@click.option("--no-import", is_flag=True, help="Check component names only; skip importing and building them (no torch).")
 @click.option("--json", "as_json", is_flag=True, help="Print the resolved recipe and components as JSON.")
 def check(path: str, overrides: tuple[str, ...], no_import: bool, as_json: bool) -> None:
-    """Validate RECIPE: keys, types, ranges, component names and component parameters.
+    """Validate RECIPE: keys, types, ranges, component names and parameters, and that the model builds and runs.
 
-    Prints the fully resolved recipe (defaults filled in) and where each component comes from.
+    Builds the model and loss on the CPU and runs one small forward pass, so a recipe that passes can train.
+    Prints the fully resolved recipe (defaults filled in, paths absolute) and where each component comes from.
     Exit code 0 when valid, 2 with a one-line error naming the key otherwise.
     """
     from dbtk import recipe as recipes
@@ -29,8 +30,12 @@ def check(path: str, overrides: tuple[str, ...], no_import: bool, as_json: bool)
         _ui.step(f"checking {path}")
     resolved_recipe = recipes.load(path, overrides)
     if not no_import and not as_json:
-        _ui.step("importing components to check their parameters...")
+        _ui.step("importing components, building the model and running it once (imports torch)...")
     resolved = recipes.check_components(resolved_recipe, registry, import_components=not no_import)
+    if not no_import:
+        from dbtk.cli.models import check_model
+
+        check_model(resolved_recipe, reg=registry)
 
     components = [
         {"key": key, "name": entry.name, "distribution": f"{entry.dist} {entry.dist_version}", "object": entry.value}

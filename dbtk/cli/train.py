@@ -12,6 +12,9 @@ if TYPE_CHECKING:
     from dbtk.engine.trainer import Trainer
     from dbtk.recipe import Recipe
 
+#: Largest --stop-at: the recipe's largest step count (dbtk.recipe.MAX_STEPS; not imported: --help stays light).
+MAX_STEPS = 100_000_000
+
 
 @click.command()
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
@@ -21,9 +24,9 @@ if TYPE_CHECKING:
               help="Continue a run: from RUN/checkpoints/last.safetensors, or from the given checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe, build everything, print the plan, and stop.")
 @click.option("--device", default=None, help="Override train.device (auto, cpu, cuda, cuda:N, mps).")
-@click.option("--stop-at", type=click.IntRange(min=1), default=None, metavar="STEP",
+@click.option("--stop-at", type=click.IntRange(1, MAX_STEPS), default=None, metavar="STEP",
               help="Save checkpoints/last and stop after this optimizer step (time-limited jobs); --resume continues.")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+@click.option("--nproc", type=click.IntRange(1, 128), default=1, show_default=True,
               help="Processes on this machine (one per GPU): runs this command under torchrun with DDP.")
 def train(
     recipe_path: str, overrides: tuple[str, ...], out_dir: str | None, resume: str | None, dry_run: bool,
@@ -35,14 +38,14 @@ def train(
     RUN/curves.png. Ctrl-C saves checkpoints/last.safetensors and exits with code 130; --resume continues.
     Several GPUs: --nproc N, or torchrun --nproc_per_node N -m dbtk train RECIPE (docs/distributed.md).
     """
-    import os
     from pathlib import Path
 
     from dbtk import recipe as recipes
     from dbtk.cli import _ui
     from dbtk.errors import DbtkError
 
-    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    rank, world_size = torchrun_place()
+    if nproc > 1 and world_size == 1:
         _ui.step(f"starting {nproc} processes with torchrun")
         argv = ["train", recipe_path, *(f"--set={o}" for o in overrides), *(["--out", out_dir] if out_dir else []),
                 *([f"--resume={resume}"] if resume else ["--resume"] if resume == "" else []),
@@ -51,7 +54,7 @@ def train(
         from dbtk.engine.distributed import launch  # imports torch: after the first line
 
         raise SystemExit(launch(nproc, argv))
-    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 talks
+    main_rank = rank == 0  # under torchrun only rank 0 talks
     say = _ui.step if main_rank else (lambda _message: None)
     say(f"reading {recipe_path}")
     recipe = recipes.load(recipe_path, overrides)
@@ -60,13 +63,20 @@ def train(
     if resume is not None:
         resume_from = Path(resume) if resume else run_dir / "checkpoints" / "last.safetensors"
         if not resume_from.is_file():
-            raise DbtkError(f"nothing to resume: {resume_from} does not exist", hint="start without --resume, or pass the checkpoint path")
+            raise DbtkError(f"nothing to resume: {resume_from.absolute()} does not exist", hint="start without --resume, or pass the checkpoint path")
     elif (run_dir / "checkpoints" / "last.safetensors").exists() and not dry_run:
-        raise DbtkError(f"{run_dir} already holds a run", hint="continue it with --resume, or choose another folder with --out")
+        raise DbtkError(f"{run_dir.absolute()} already holds a run", hint="continue it with --resume, or choose another folder with --out")
     say("building model and data (imports torch)...")
+    from dbtk.cli.models import check_model
     from dbtk.engine import distributed
     from dbtk.engine.trainer import Trainer
 
+    if resume_from is not None:
+        from dbtk.io.checkpoint import read_training_state
+
+        _, run_recipe, _ = read_training_state(resume_from)  # the run's own recipe: resuming may not change it
+        recipes.check_resume(run_recipe, recipe, f"{resume_from.absolute()} (embedded recipe)")
+    check_model(recipe)
     trainer = None
     try:
         trainer = Trainer(recipe, run_dir, resume_from=resume_from, device=device, stop_at=stop_at or 0)
@@ -79,7 +89,31 @@ def train(
         distributed.leave()
 
 
+def torchrun_place() -> tuple[int, int]:
+    """(rank, world size) that torchrun put in the environment (``RANK``, ``WORLD_SIZE``); (0, 1) without it.
+
+    Torch-free, so the command can decide whether to launch torchrun before importing torch.
+    """
+    import os
+
+    from dbtk.errors import DbtkError
+
+    place = []
+    for name, default in (("RANK", "0"), ("WORLD_SIZE", "1")):
+        text = os.environ.get(name, default)
+        try:
+            place.append(int(text))
+        except ValueError:
+            raise DbtkError(f"the environment variable {name}={text!r} is not an integer", hint="torchrun sets it; unset it to train in one process") from None
+    rank, world_size = place
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DbtkError(f"RANK={rank} does not fit WORLD_SIZE={world_size}", hint="torchrun sets both; unset them to train in one process")
+    return rank, world_size
+
+
 def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resuming: bool, main_rank: bool) -> None:
+    from pathlib import Path
+
     from dbtk import recipe as recipes
     from dbtk.cli import _ui
     from dbtk.engine.trainer import StopRequested
@@ -98,24 +132,28 @@ def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resumin
     plan = (
         f"{len(trainer.dataset)} training images, {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps "
         f"(batch {recipe.train.batch_size} × accumulate {recipe.train.accumulate}{processes}), {recipe.train.precision} on {trainer.device}"
-        + (f", resuming at step {trainer.position.step}" if resuming else "")
+        + (f", resuming at step {trainer.state.position.step}" if resuming else "")
     )
     _ui.step(plan)
     if dry_run:
-        _ui.console().print(f"[green]✓[/] dry run: recipe, components and data are ready; run folder would be {run_dir}")
+        _ui.console().print(f"[green]✓[/] dry run: recipe, components and data are ready; run folder would be {run_dir.absolute()}")
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.toml").write_text(recipes.dumps(recipe), encoding="utf-8")
+    from dbtk.io.atomic import atomic_write, remove_stale_temporaries
+
+    if run_dir.is_dir():
+        remove_stale_temporaries(run_dir)  # of a recipe.toml write killed halfway
+    text = recipes.dumps(recipe)  # paths absolute: --resume and eval work from any folder
+    atomic_write(run_dir / "recipe.toml", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     try:
         trainer.run()
     except KeyboardInterrupt:
-        _ui.warn(f"interrupted at step {trainer.position.step}: saved {run_dir / 'checkpoints' / 'last.safetensors'}; continue with --resume")
+        _ui.warn(f"interrupted at step {trainer.state.position.step}: saved {run_dir / 'checkpoints' / 'last.safetensors'}; continue with --resume")
         raise SystemExit(130) from None
     except StopRequested:
-        _ui.console().print(f"[green]✓[/] stopped after step {trainer.position.step} as asked; continue with --resume")
+        _ui.console().print(f"[green]✓[/] stopped after step {trainer.state.position.step} as asked; continue with --resume")
         return
     best = f", best val hmean {trainer.state.best_hmean:.4f}" if trainer.state.best_hmean >= 0 else ""
-    _ui.console().print(f"[green]✓[/] finished {trainer.position.step} steps{best}; run folder {run_dir}")
+    _ui.console().print(f"[green]✓[/] finished {trainer.state.position.step} steps{best}; run folder {run_dir}")
     if trainer.state.skipped:
         _ui.warn("skipped samples: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.state.skipped.items())))
     if trainer.state.repairs:
