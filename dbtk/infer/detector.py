@@ -1,17 +1,18 @@
 """``Detector``: a model loaded once, then called on images — the one inference path.
 
 Validation during training, ``dbtk eval``, ``dbtk predict`` and exported models all go through
-:meth:`Detector.detect_arrays`, so they resize, batch and post-process identically. The network itself is a
-*runtime* — torch (checkpoints and bundles) or onnxruntime (``.onnx`` exports) — behind one small interface, so
-the ONNX path never imports torch. Nothing is written to disk.
+:meth:`Detector.detect_stream` (``detect_arrays`` for lists), so they resize, batch and post-process
+identically. The network itself is a *runtime* — torch (checkpoints and bundles) or onnxruntime (``.onnx``
+exports) — behind one small interface, so the ONNX path never imports torch. Nothing is written to disk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,10 @@ if TYPE_CHECKING:
 
 #: Input sides must be multiples of the encoder's coarsest stride.
 STRIDE = 32
+#: How many batches of images :meth:`Detector.detect_stream` reads ahead to find equal sizes to batch together.
+WINDOW = 8
+
+K = TypeVar("K")
 
 
 class Runtime(Protocol):
@@ -149,10 +154,36 @@ class Detector:
         return [prob[i, : p.tensor.shape[0], : p.tensor.shape[1]] for i, p in enumerate(batch)]
 
     def detect_arrays(self, images: Sequence[np.ndarray], batch_size: int | None = None) -> list[Detections]:
+        """Detections for each image, in order (batched as :meth:`detect_stream` batches)."""
+        return [detections for _, _, detections in self.detect_stream(enumerate(images), batch_size)]
+
+    def detect_stream(
+        self, items: Iterable[tuple[K, np.ndarray]], batch_size: int | None = None
+    ) -> Iterator[tuple[K, np.ndarray, Detections]]:
+        """``(key, image)`` pairs in, ``(key, image, detections)`` out, in input order, at bounded memory.
+
+        Images are read ahead :data:`WINDOW` batches at a time; within that window, images whose resized size is
+        equal go through the network together, ``batch_size`` at a time (default: the recipe's
+        ``eval.batch_size``). Only equal sizes share a batch, so no image is padded by another and the results
+        equal one-at-a-time inference. A static-shape export pads every image to its fixed input anyway.
+        """
         batch_size = batch_size or self.batch_size
-        results: list[Detections] = []
-        for start in range(0, len(images), batch_size):
-            batch = [resize_for_inference(image, self.long_side) for image in images[start : start + batch_size]]
-            for prepared, prob in zip(batch, self.probability_maps(batch), strict=True):
-                results.append(boxes_from_map(prob, self.postprocess, prepared.scale, prepared.original))
-        return results
+        iterator = iter(items)
+        while True:
+            window = list(itertools.islice(iterator, batch_size * WINDOW))
+            if not window:
+                return
+            prepared = [resize_for_inference(image, self.long_side) for _, image in window]
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for index, item in enumerate(prepared):
+                key = (0,) if self.runtime.input_size is not None else item.tensor.shape[:2]
+                groups.setdefault(key, []).append(index)
+            found: dict[int, Detections] = {}
+            for indices in groups.values():
+                for start in range(0, len(indices), batch_size):
+                    chunk = indices[start : start + batch_size]
+                    batch = [prepared[i] for i in chunk]
+                    for index, item, prob in zip(chunk, batch, self.probability_maps(batch), strict=True):
+                        found[index] = boxes_from_map(prob, self.postprocess, item.scale, item.original)
+            for index, (key, image) in enumerate(window):
+                yield key, image, found[index]

@@ -97,13 +97,19 @@ def evaluate_detector(
     """Run the detector over a split and score it; images that cannot be used are counted, never fatal."""
     result = EvalResult(summarize([]), [], 0.0, list(reader.problems))
     start = time.perf_counter()
-    for item in scored_samples(reader, result):
-        if item is not None:
-            detections = detector.detect_arrays([item.image])[0]
-            score = evaluate_image(item.labels.polygons, item.labels.ignore, detections.polygons, name=item.name)
-            result.images.append(score)
-            if keep:
-                keep(item.name, item.image, detections, score)
+
+    def usable() -> Iterator[tuple[Scored, np.ndarray]]:
+        for item in scored_samples(reader, result):
+            if item is not None:
+                yield item, item.image
+            elif on_image:
+                on_image()
+
+    for item, image, detections in detector.detect_stream(usable()):  # batched: eval.batch_size
+        score = evaluate_image(item.labels.polygons, item.labels.ignore, detections.polygons, name=item.name)
+        result.images.append(score)
+        if keep:
+            keep(item.name, image, detections, score)
         if on_image:
             on_image()
     result.summary, result.seconds = summarize(result.images), time.perf_counter() - start

@@ -1,0 +1,95 @@
+"""The one batched inference path: ⌈N/B⌉ forward calls for N equal-size images, results equal to batch 1."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dbtk import recipe as recipes
+from dbtk.infer.detector import Detector
+from dbtk.infer.torch_runtime import TorchRuntime
+from dbtk.models.builder import build_model
+
+
+class Dark:
+    """A runtime whose 'probability' is the darkness of each pixel: per image by construction, so batched and
+    one-at-a-time results must be equal, and dark text bars are detected."""
+
+    input_size = None
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.calls.append(batch.shape[0])
+        return 1.0 - batch[..., 0].astype(np.float32) / 255.0
+
+
+def images(count: int, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(count):
+        h, w = sizes[i % len(sizes)]
+        image = np.full((h, w, 3), 230, np.uint8)
+        image[10:30, 10 : w - 10] = rng.integers(0, 60, (20, w - 20, 3))
+        out.append(image)
+    return out
+
+
+@pytest.fixture(scope="module")
+def recipe() -> recipes.Recipe:
+    return recipes.structure({"model": {"decoder": {"channels": 16}}, "eval": {"long_side": 96, "batch_size": 4},
+                              "postprocess": {"thresh": 0.3, "box_thresh": 0.3}}, source="test")
+
+
+def test_torch_runtime_maps_do_not_depend_on_the_batch(recipe: recipes.Recipe) -> None:
+    torch.manual_seed(0)
+    runtime = TorchRuntime(build_model(recipe.model))
+    batch = np.stack(images(3, [(64, 96)]))
+    together = runtime(batch)
+    for i in range(3):
+        np.testing.assert_allclose(runtime(batch[i : i + 1])[0], together[i], atol=1e-5)
+
+
+@pytest.mark.parametrize("count", [1, 4, 9])
+def test_n_equal_images_take_ceil_n_over_b_calls_and_match_batch_one(count: int, recipe: recipes.Recipe) -> None:
+    batch = images(count, [(64, 96)])
+    counting = Dark()
+    detector = Detector(counting, recipe)
+    batched = detector.detect_arrays(batch)
+    assert counting.calls == [min(4, count - i) for i in range(0, count, 4)]
+    assert len(counting.calls) == math.ceil(count / 4)
+    single = [Detector(Dark(), recipe).detect_arrays([image], batch_size=1)[0] for image in batch]
+    assert len(batched) == count and sum(len(d.polygons) for d in single) > 0  # something to compare
+    for a, b in zip(batched, single, strict=True):
+        assert len(a.polygons) == len(b.polygons)
+        for pa, pb in zip(a.polygons, b.polygons, strict=True):
+            np.testing.assert_allclose(pa, pb, atol=1e-3)
+        np.testing.assert_allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_mixed_sizes_are_grouped_never_padded_and_keep_input_order(recipe: recipes.Recipe) -> None:
+    batch = images(6, [(64, 96), (96, 64)])  # two resized shapes, interleaved
+    counting = Dark()
+    detector = Detector(counting, recipe)
+    keys = [key for key, _, _ in detector.detect_stream(enumerate(batch))]
+    assert keys == list(range(6))
+    assert sorted(counting.calls) == [3, 3]  # one batch per shape: no image padded by another
+
+
+def test_stream_reads_a_bounded_window(recipe: recipes.Recipe) -> None:
+    from dbtk.infer.detector import WINDOW
+
+    pulled = []
+
+    def endless():  # noqa: ANN202
+        for i in range(10_000):
+            pulled.append(i)
+            yield i, images(1, [(64, 96)])[0]
+
+    detector = Detector(Dark(), recipe)
+    first = next(iter(detector.detect_stream(endless(), batch_size=2)))
+    assert first[0] == 0 and len(pulled) <= 2 * WINDOW + 1
