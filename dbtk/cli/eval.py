@@ -48,28 +48,24 @@ def eval_command(
         from dbtk.infer.evaluate import evaluate_detector
 
         detector = Detector.load(checkpoint, device=device)
-        _apply_overrides(detector, overrides)
+        if overrides:  # re-tune post-processing or the inference size without retraining (a box_thresh sweep)
+            from dbtk import recipe as recipes
+
+            detector.configure(recipes.with_overrides(detector.recipe, overrides))
+        kept: dict = {}  # with --vis, every image's detections (polygons only): the worst are drawn without a second pass
+
+        def keep(name: str, _image: object, found: object, _score: object) -> None:
+            kept[name] = found
+
         with _ui.progress("evaluating", len(reader)) as advance:
-            result = evaluate_detector(detector, reader, advance)
+            result = evaluate_detector(detector, reader, advance, keep=keep if vis_dir else None)
         if vis_dir:
-            _write_overlays(detector, reader, result, Path(vis_dir), worst)
+            _write_overlays(kept, reader, result, Path(vis_dir), worst)
 
     if as_json:
         _ui.print_json(result.as_dict())
         return
     _print_summary(result, worst)
-
-
-def _apply_overrides(detector, overrides: tuple[str, ...]) -> None:  # noqa: ANN001
-    """Re-tune post-processing or the inference size without retraining (e.g. a box_thresh sweep)."""
-    from dbtk import recipe as recipes
-
-    if not overrides:
-        return
-    data = recipes.unstructure(detector.recipe)
-    for override in overrides:
-        recipes.apply_override(data, override)
-    detector.configure(recipes.structure(data, source="--set"))
 
 
 def _print_summary(result, worst: int) -> None:  # noqa: ANN001
@@ -95,7 +91,7 @@ def _print_summary(result, worst: int) -> None:  # noqa: ANN001
         _ui.warn(f"{problem.where()}: {problem.reason}: {problem.detail}")
 
 
-def _write_overlays(detector, reader, result, folder, worst: int) -> None:  # noqa: ANN001
+def _write_overlays(kept, reader, result, folder, worst: int) -> None:  # noqa: ANN001
     from pathlib import Path
 
     import cv2
@@ -111,8 +107,7 @@ def _write_overlays(detector, reader, result, folder, worst: int) -> None:  # no
             continue
         sample = reader.load(index)
         labels = prepare(sample, reader.exif)  # the ground truth as scored (indices match the score's misses)
-        detections = detector.detect_arrays([labels.image])[0]
-        overlay = draw_overlay(labels.image, detections, names[sample.name], labels.polygons, labels.ignore)
+        overlay = draw_overlay(labels.image, kept[sample.name], names[sample.name], labels.polygons, labels.ignore)
         cv2.imwrite(str(folder / f"{Path(sample.name).stem}.jpg"), overlay)
     _ui.console().print(f"overlays of the {len(names)} worst images written to {folder} (green: matched ground truth, orange: missed, red: false positive)")
 

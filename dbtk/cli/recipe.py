@@ -33,7 +33,7 @@ def check(path: str, overrides: tuple[str, ...], no_import: bool, as_json: bool)
         _ui.step("importing components, building the model and running it once (imports torch)...")
     resolved = recipes.check_components(resolved_recipe, registry, import_components=not no_import)
     if not no_import:
-        from dbtk.cli.models import check_model
+        from dbtk.models.builder import check_model
 
         check_model(resolved_recipe, reg=registry)
 

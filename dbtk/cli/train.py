@@ -67,7 +67,7 @@ def train(
     elif (run_dir / "checkpoints" / "last.safetensors").exists() and not dry_run:
         raise DbtkError(f"{run_dir.absolute()} already holds a run", hint="continue it with --resume, or choose another folder with --out")
     say("building model and data (imports torch)...")
-    from dbtk.cli.models import check_model
+    from dbtk.models.builder import check_model
     from dbtk.engine import distributed
     from dbtk.engine.trainer import Trainer
 

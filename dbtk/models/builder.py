@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +17,8 @@ if TYPE_CHECKING:
     from dbtk.registry import Registry
 
 
+#: The side of the forward pass :func:`check_model` runs when no size is asked for: small, and a multiple of 32.
+CHECK_SIDE = 64
 #: ImageNet statistics in 0–255 units: what timm encoders are trained with.
 IMAGE_MEAN = (123.675, 116.28, 103.53)
 IMAGE_STD = (58.395, 57.12, 57.375)
@@ -68,6 +71,53 @@ def build_loss(spec: Component, reg: Registry | None = None) -> nn.Module:
     return _build(reg or _default_registry(), "loss", "loss", spec)
 
 
+def check_model(
+    recipe: Recipe, size: tuple[int, int] = (CHECK_SIDE, CHECK_SIDE), reg: Registry | None = None
+) -> tuple[DBNet, dict[str, torch.Tensor]]:
+    """Build the recipe's model and loss on the CPU and run the model once on a ``1×3×H×W`` input.
+
+    What passes can be built and run: an exception from a component's constructor or forward becomes one
+    :class:`DbtkError` naming its table and the cause, e.g. ``model.decoder: decoder 'fpn' failed to build:
+    RuntimeError: ...``. Warnings of a failed build are dropped (the error says what matters); those of a good
+    one are shown. Returns the model (eval mode) and its outputs.
+    """
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = build_model(recipe.model, reg).eval()
+        build_loss(recipe.loss, reg)
+        running: list[str] = []  # the component whose forward is under way, innermost last
+
+        def enter(part: str) -> Callable[..., None]:
+            return lambda *_: running.append(part)
+
+        def leave(*_: object) -> None:  # a forward hook that returned a value would replace the output
+            running.pop()
+
+        hooks = [
+            hook
+            for part in ("encoder", "decoder", "head")
+            for hook in (getattr(model, part).register_forward_pre_hook(enter(part)), getattr(model, part).register_forward_hook(leave))
+        ]
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, 3, *size), return_all=True)
+        except Exception as exc:  # noqa: BLE001 - any failure of a component's code is reported as that component's
+            part = running[-1] if running else "head"  # past the head: DBNet reading the head's outputs
+            component = getattr(recipe.model, part)
+            raise DbtkError(
+                f"model.{part}: {part} '{component.name}' failed on a 1×3×{size[0]}×{size[1]} input: {_cause(exc)}",
+                hint=f"check the parameters in [model.{part}] of the recipe",
+            ) from exc
+        finally:
+            for hook in hooks:
+                hook.remove()
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return model, out
+
+
 def parameter_counts(model: DBNet) -> dict[str, int]:
     return {name: sum(p.numel() for p in getattr(model, name).parameters()) for name in ("encoder", "decoder", "head")}
 
@@ -80,6 +130,15 @@ def _build(reg: Registry, kind: str, path: str, spec: Component, **provided: Any
         raise
     except (TypeError, ValueError) as exc:  # a component rejected its arguments
         raise DbtkError(f"{path}: {kind} '{spec.name}' rejected its parameters: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a component's own failure is reported as that component's
+        raise DbtkError(f"{path}: {kind} '{spec.name}' failed to build: {_cause(exc)}") from exc
+
+
+def _cause(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 200 else text[:197] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _default_registry() -> Registry:
