@@ -6,12 +6,14 @@ import ast
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from dbtk.doctor import probes, rules
+from dbtk.doctor import probe, probes, rules
 from tests.conftest import REPO, run_dbtk
 
 RTX3060 = {"name": "NVIDIA GeForce RTX 3060", "capability": [8, 6], "total_gb": 11.8, "free_gb": 11.2, "bf16": True}
@@ -34,13 +36,17 @@ def test_healthy_rtx3060() -> None:
 
 
 def test_driver_too_old() -> None:
-    probe = {**HEALTHY, "cuda_available": False, "devices": [],
-             "cuda_init_error": "The NVIDIA driver on your system is too old (found version 11040)."}
-    findings = rules.torch_findings(probe)
+    old = {**HEALTHY, "cuda_available": False, "devices": [],
+           "cuda_init_error": "The NVIDIA driver on your system is too old (found version 11040)."}
+    findings = rules.torch_findings(old)
     cuda = next(f for f in findings if f.check == "cuda")
     assert cuda.status == "warn" and "driver is too old" in cuda.detail
-    assert "update the NVIDIA driver" in cuda.fix and "cu118" in cuda.fix
-    assert rules.exit_code(rules.torch_findings(probe, require_cuda=True)) == 1
+    assert cuda.fix.startswith("update the NVIDIA driver to one for CUDA 12.6 or newer")
+    assert "--index-url" not in cuda.fix  # no build list, no driver version: naming an index could name one without torch 2.14.1
+    assert rules.exit_code(rules.torch_findings(old, require_cuda=True)) == 1
+    known = {**old, "driver_cuda": "11.4", "release_builds": {"11.8": [50, 60, 70, 75, 80, 86, 90], "12.6": [50, 60, 70, 75, 80, 86, 90]}}
+    fix = next(f for f in rules.torch_findings(known) if f.check == "cuda").fix
+    assert fix.endswith("or install the CUDA 11.8 build of this torch: pip install torch==2.14.1 --index-url https://download.pytorch.org/whl/cu118")
 
 
 def test_cpu_only_wheel_on_gpu_machine_and_hidden_devices() -> None:
@@ -56,7 +62,10 @@ def test_arch_not_in_wheel() -> None:
     blackwell = {**RTX3060, "name": "NVIDIA B200", "capability": [10, 0]}
     findings = rules.torch_findings({**HEALTHY, "devices": [blackwell], "arch_list": ["sm_80", "sm_86", "sm_90"]})
     arch = next(f for f in findings if f.check == "gpu 0 arch")
-    assert arch.status == "fail" and "needs sm_100" in arch.detail and "pip install torch" in arch.fix
+    assert arch.status == "fail" and "needs sm_100" in arch.detail and "arch list covers sm_100" in arch.fix
+    ada = {**RTX3060, "name": "NVIDIA GeForce RTX 4090", "capability": [8, 9]}  # runs the wheel's sm_86 kernels
+    findings = rules.torch_findings({**HEALTHY, "devices": [ada]})
+    assert rules.exit_code(findings) == 0 and not any(f.check == "gpu 0 arch" for f in findings)
 
 
 def test_turing_has_no_bf16() -> None:
@@ -66,8 +75,8 @@ def test_turing_has_no_bf16() -> None:
     assert precision.status == "warn" and "fp32" in precision.fix
     measured = {"device": "cuda", "batch_size": 2, "accumulate": 2, "precision": "bf16", "total_gb": 8.0,
                 "bf16_supported": False, "fits": {"1": True, "2": True, "4": True}, "peak_gb": 5.0}
-    advice = rules.recipe_findings(measured)
-    assert any(f.check == "recipe precision" and f.status == "fail" and "fp32" in f.fix for f in advice)
+    advice = rules.recipe_findings(measured)  # bf16 runs, emulated: slow, not broken
+    assert any(f.check == "recipe precision" and f.status == "warn" and "emulates" in f.detail and "fp32" in f.fix for f in advice)
 
 
 def test_oom_at_batch_4_advises_batch_2_accumulate_2() -> None:
@@ -79,6 +88,31 @@ def test_oom_at_batch_4_advises_batch_2_accumulate_2() -> None:
     assert memory.fix == "set train.batch_size = 2 and train.accumulate = 2 (same effective batch)"
     error = rules.recipe_findings({"error": "RuntimeError: FIND was unable to find an engine to execute this computation"})[0]
     assert "halve train.batch_size and double train.accumulate" in error.fix
+    held = rules.recipe_findings({**measured, "free_gb": 3.0})[0]
+    assert "only 3.0 of 11.8 GB were free" in held.detail
+
+
+def test_only_out_of_memory_means_does_not_fit() -> None:
+    import torch
+
+    def step(size: int) -> float:
+        if size >= 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return 0.5 * size
+
+    assert probe.fit_batches(step, [1, 2, 4, 8], 4) == {"fits": {1: True, 2: True, 4: False, 8: False}, "oom_message": "CUDA out of memory. Tried to allocate 2.00 GiB"}
+    cublas = probe.fit_batches(lambda size: (_ for _ in ()).throw(RuntimeError("CUBLAS_STATUS_ALLOC_FAILED: out of memory")) if size > 1 else 1.0, [1, 2], 2)
+    assert cublas["fits"] == {1: True, 2: False}
+
+    def broken(size: int) -> float:
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_ARCH_MISMATCH")
+
+    measured = {"device": "cuda", "batch_size": 4, "accumulate": 1, "precision": "fp32", "total_gb": 11.8, "bf16_supported": True,
+                **probe.fit_batches(broken, [1, 2, 4, 8], 4)}
+    assert measured["fits"] == {} and measured["step_error"] == {"batch": 1, "message": "RuntimeError: cuDNN error: CUDNN_STATUS_ARCH_MISMATCH"}
+    finding = rules.recipe_findings(json.loads(json.dumps(measured)))[0]
+    assert finding.status == "fail" and "fails at batch 1" in finding.detail
+    assert "torch's own cuDNN" in finding.fix and "batch_size" not in finding.fix and "image_size" not in finding.fix
 
 
 def test_hung_probe_is_reported_not_waited_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -87,9 +121,48 @@ def test_hung_probe_is_reported_not_waited_on(tmp_path: Path, monkeypatch: pytes
     start = time.perf_counter()
     result = probes.torch_probe(timeout=1.0)
     assert time.perf_counter() - start < 10
-    assert result == {"status": "timeout", "timeout": 1.0}
+    assert result == {"status": "timeout", "timeout": 1.0, "stage": "importing torch"}
     finding = rules.torch_findings(result)[0]
-    assert finding.status == "fail" and "hung" in finding.detail
+    assert finding.status == "fail" and "hung for 1.0 s while importing torch" in finding.detail
+
+
+def test_a_probe_that_dies_or_prints_no_json_is_a_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "torch.py").write_text("import sys\nprint('half a line', end='', file=sys.__stdout__)\nsys.exit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    failed = probes.torch_probe(timeout=60)
+    assert failed == {"error": "probe exited with 3: no output"}
+    finding = rules.torch_findings(failed)[0]
+    assert "the torch probe failed" in finding.detail and "does not import" not in finding.detail
+    monkeypatch.setattr(probes, "PROBE_COMMAND", (sys.executable, "-c", "print('not json')"))
+    assert probes.run_probe("torch", timeout=60) == {"error": "the probe printed no JSON result: not json"}
+
+
+def test_gpu_probes_run_one_at_a_time_beside_the_cpu_probes() -> None:
+    lock, active, most, log = threading.Lock(), [0], [0], []
+
+    def gpu(name: str) -> list[str]:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+            log.append(f"start {name}")
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+            log.append(f"end {name}")
+        return [name]
+
+    def cpu() -> list[str]:
+        time.sleep(0.3)
+        return ["cpu"]
+
+    start = time.perf_counter()
+    jobs = [(name, lambda name=name: gpu(name)) for name in ("torch", "recipe", "recipe run")]
+    results = list(probes.run_jobs(jobs, [("libraries", cpu), ("plugins", cpu)]))
+    assert most[0] == 1, log  # never two GPU probes at once
+    assert log == ["start torch", "end torch", "start recipe", "end recipe", "start recipe run", "end recipe run"]
+    assert time.perf_counter() - start < 0.2 * 3 + 0.25  # the CPU probes ran beside them
+    assert sorted(name for name, _, _ in results) == ["libraries", "plugins", "recipe", "recipe run", "torch"]
+    assert results[-1][2] == [] and all(isinstance(pending, list) for _, _, pending in results)
 
 
 def test_system_rules() -> None:
@@ -117,9 +190,9 @@ def test_doctor_on_this_machine() -> None:
 
 # ------------------------------------------------------------------------------------------------ --steps N
 HEALTHY_RUN_3060 = {
-    "steps": 50, "workers": 4, "batch_size": 2, "device": "cuda", "losses_logged": 50, "losses_finite": 50, "bad_steps": 0,
-    "loader_images_per_second": 96.0, "train_images_per_second": 31.5, "data_wait_fraction": 0.04, "skipped": {},
-    "peak_gb": 7.9, "total_gb": 11.7, "tf32": {"matmul": False, "cudnn": True, "capable": True},
+    "steps": 50, "workers": 4, "batch_size": 2, "precision": "bf16", "device": "cuda", "losses_logged": 50, "losses_finite": 50,
+    "bad_steps": 0, "overflow_steps": 0, "loader_images_per_second": 96.0, "train_images_per_second": 31.5, "data_wait_fraction": 0.04,
+    "skipped": {}, "peak_gb": 7.9, "total_gb": 11.7, "tf32": {"cudnn": True, "capable": True, "override": None},
     "cudnn_benchmark": {"off": {"ms": 118.0}, "on": {"ms": 92.0}},
 }
 
@@ -131,8 +204,54 @@ def test_run_rules_healthy_gpu() -> None:
     assert "96.0 images/s with 4 workers (24.0 per worker)" in found["recipe data loading"].detail
     assert "peak 7.9 of 11.7 GB" in found["recipe memory"].detail
     assert "118 ms with cudnn.benchmark off, 92 ms on" in found["cudnn benchmark"].detail
-    assert "benchmark = True worthwhile" in found["cudnn benchmark"].fix
-    assert "allow_tf32" in found["tf32"].fix
+    assert "recipes have no setting for it yet" in found["cudnn benchmark"].detail and found["cudnn benchmark"].fix == ""
+    assert "tf32" not in found  # bf16: the convolutions do not run in fp32
+
+
+def test_fp16_scaler_overflows_pass_a_non_finite_loss_fails() -> None:
+    fp16 = {**HEALTHY_RUN_3060, "precision": "fp16", "overflow_steps": 7}
+    loss = {f.check: f for f in rules.run_findings(fp16, cpus=8)}["recipe loss"]
+    assert loss.status == rules.OK and "7 fp16 scaler overflow steps skipped" in loss.detail
+    real = {f.check: f for f in rules.run_findings({**fp16, "bad_steps": 1}, cpus=8)}["recipe loss"]
+    assert real.status == rules.FAIL and "1 of 50 steps had a non-finite loss" in real.detail
+    never_fits = {f.check: f for f in rules.run_findings({**fp16, "overflow_steps": 40}, cpus=8)}["recipe loss"]
+    assert never_fits.status == rules.WARN and "overflowed on 40 steps" in never_fits.detail and "bf16" in never_fits.fix
+
+
+def test_run_summary_reads_the_trainers_counts() -> None:
+    line = {"loss": 1.2, "images_per_second": 30.0, "data_wait_fraction": 0.1}
+    history = [{**line, "step": 1, "bad_steps": 0, "overflow_steps": 1}, {**line, "step": 2, "bad_steps": 0, "overflow_steps": 3},
+               {"step": 2, "val/hmean": 0.5}]
+    summary = probe._summary(SimpleNamespace(history=history, skipped={}))
+    assert (summary["bad_steps"], summary["overflow_steps"], summary["losses_finite"]) == (0, 3, 2)
+    older_trainer = probe._summary(SimpleNamespace(history=[{**line, "bad_steps": 2}, {**line, "loss": float("nan"), "bad_steps": 3}], skipped={}))
+    assert (older_trainer["bad_steps"], older_trainer["overflow_steps"], older_trainer["losses_finite"]) == (3, 0, 1)
+
+
+def test_tf32_advice_is_about_convolutions() -> None:
+    def tf32(**values: object) -> rules.Finding | None:
+        run = {**HEALTHY_RUN_3060, "precision": "fp32", "tf32": {"cudnn": True, "capable": True, "override": None, **values}}
+        return {f.check: f for f in rules.run_findings(run, cpus=8)}.get("tf32")
+
+    on = tf32()
+    assert on.status == rules.OK and "convolutions run in TF32" in on.detail and "matmul" not in on.fix
+    off = tf32(cudnn=False)
+    assert off.status == rules.WARN and "torch.backends.cudnn.allow_tf32 = False" in off.fix
+    assert "NVIDIA_TF32_OVERRIDE=0" in tf32(override="0").detail
+    assert tf32(capable=False) is None  # Turing and older have no TF32
+
+
+def test_cudnn_benchmark_advice_names_a_setting_only_where_recipes_have_one() -> None:
+    def advice(setting: bool | None, benchmark: dict) -> rules.Finding:
+        run = {**HEALTHY_RUN_3060, "cudnn_benchmark": benchmark, **({"benchmark_setting": setting} if setting is not None else {})}
+        return {f.check: f for f in rules.run_findings(run, cpus=8)}["cudnn benchmark"]
+
+    faster, failing = {"off": {"ms": 118.0}, "on": {"ms": 92.0}}, {"off": {"ms": 118.0}, "on": {"error": "CUDNN_STATUS_INTERNAL_ERROR"}}
+    assert "train.cudnn_benchmark" not in advice(None, faster).fix + advice(None, failing).fix
+    assert advice(None, failing).status == rules.WARN and "keep cuDNN autotuning off" in advice(None, failing).fix
+    assert advice(False, faster).fix.startswith("set train.cudnn_benchmark = true")
+    assert advice(True, failing).status == rules.FAIL and advice(True, failing).fix.startswith("set train.cudnn_benchmark = false")
+    assert advice(True, {"off": {"ms": 100.0}, "on": {"ms": 99.0}}).fix.startswith("set train.cudnn_benchmark = false")
 
 
 def test_run_rules_problems_each_with_a_fix() -> None:
@@ -147,6 +266,10 @@ def test_run_rules_problems_each_with_a_fix() -> None:
 
     crashed = rules.run_findings({"steps": 50, "error": "RuntimeError: CUDA error: an illegal memory access was encountered"})
     assert crashed[0].status == rules.FAIL and "smaller batch + accumulation" in crashed[0].fix
+    died = rules.run_findings({"crash": "SIGSEGV", "stage": "training 50 steps on the GPU"})[0]
+    assert died.status == rules.FAIL and "run probe crashed with SIGSEGV" in died.detail and "NVIDIA driver" in died.fix
+    died_on_cpu = rules.recipe_findings({"crash": "SIGSEGV", "stage": "measuring training steps on the CPU"})[0]
+    assert "PYTHONFAULTHANDLER=1" in died_on_cpu.fix
 
 
 def tiny_recipe(folder: Path) -> Path:

@@ -22,7 +22,6 @@ def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], s
     """
     import platform
     import sys
-    from concurrent.futures import ThreadPoolExecutor, as_completed
     from pathlib import Path
 
     from dbtk.cli import _ui
@@ -40,23 +39,22 @@ def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], s
     findings: list[rules.Finding] = [rules.Finding("python", rules.OK, f"Python {platform.python_version()} on {platform.platform()} ({sys.executable})")]
     system = probes.system_probe(Path(run_dir))
     findings += rules.system_findings(system, workers)
-    jobs = {
-        "torch": lambda: rules.torch_findings(probes.torch_probe(timeout), require_cuda),
-        "libraries": lambda: rules.library_findings(probes.versions_probe(timeout)),
-        "plugins": lambda: _plugin_findings(probes.plugins_probe(timeout)),
-    }
+    # The torch probe, the recipe measurement and the --steps run use the GPU: one at a time (probes.run_jobs).
+    gpu_jobs = [("torch", lambda: rules.torch_findings(probes.torch_probe(timeout), require_cuda))]
     if recipe_path:
-        jobs["recipe"] = lambda: rules.recipe_findings(probes.measure_recipe(recipe_path, overrides, max(timeout, 300.0)))
+        gpu_jobs.append(("recipe", lambda: rules.recipe_findings(probes.measure_recipe(recipe_path, overrides, max(timeout, 300.0)))))
     if steps:
-        jobs["recipe run"] = lambda: rules.run_findings(probes.run_recipe(recipe_path, overrides, steps, max(timeout, 600.0)), system.get("cpu_count"))
+        gpu_jobs.append(("recipe run", lambda: rules.run_findings(probes.run_recipe(recipe_path, overrides, steps, max(timeout, 600.0)), system.get("cpu_count"))))
+    cpu_jobs = [
+        ("libraries", lambda: rules.library_findings(probes.versions_probe(timeout))),
+        ("plugins", lambda: _plugin_findings(probes.plugins_probe(timeout))),
+    ]
 
     live = None if as_json else _start_live(findings)
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        futures = {pool.submit(job): name for name, job in jobs.items()}
-        for future in as_completed(futures):  # the table fills in as probes finish
-            findings += future.result()
-            if live is not None:
-                live.update(_table(findings, pending=[futures[f] for f in futures if not f.done()]), refresh=True)
+    for _name, found, pending in probes.run_jobs(gpu_jobs, cpu_jobs):  # the table fills in as probes finish
+        findings += found
+        if live is not None:
+            live.update(_table(findings, pending=pending), refresh=True)
     if live is not None:
         live.update(_table(findings, pending=[]), refresh=True)
         live.stop()
@@ -74,6 +72,8 @@ def _plugin_findings(result):  # noqa: ANN001, ANN202
     from dbtk.doctor import rules
 
     if isinstance(result, dict):  # the probe itself timed out or crashed
+        if "crash" in result:
+            return [rules.crash_finding("plugins", "plugins", result)]
         detail = f"timed out after {result['timeout']:g} s" if result.get("status") == "timeout" else result.get("error", "failed")
         return [rules.Finding("plugins", rules.FAIL, f"listing/importing plugins {detail}", "run 'dbtk plugins --check' to find the plugin at fault")]
     return rules.plugin_findings(result)
