@@ -100,19 +100,24 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
-    """Brightness, contrast and saturation jitter, occasionally grayscale; uint8 in, uint8 out."""
+    """Brightness, contrast and saturation jitter, occasionally grayscale; uint8 in, uint8 out.
+
+    Done in uint8: saturation is one saturating blend with the channel mean (``cv2.addWeighted``), contrast and
+    brightness are one 256-entry lookup table (``cv2.LUT``) — no float copy of the crop.
+    """
     if strength <= 0:
         return image
     import cv2
 
-    img = image.astype(np.float32)
+    gray = cv2.transform(image, np.full((1, 3), 1.0 / 3.0))  # the channel mean, rounded to uint8
+    gray3 = cv2.merge([gray, gray, gray])
     if rng.random() < 0.1:
-        gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY).astype(np.float32)
-        img = np.repeat(gray[..., None], 3, axis=2)
+        image = gray3
     else:
-        gray = img.mean(axis=2, keepdims=True)
-        img = gray + (img - gray) * rng.uniform(1 - strength, 1 + strength)  # saturation
-    mean = img.mean()
-    img = (img - mean) * rng.uniform(1 - strength, 1 + strength) + mean  # contrast
-    img = img * rng.uniform(1 - strength, 1 + strength)  # brightness
-    return np.clip(img, 0, 255).astype(np.uint8)
+        saturation = rng.uniform(1 - strength, 1 + strength)
+        image = cv2.addWeighted(image, saturation, gray3, 1.0 - saturation, 0.0)
+    mean = sum(cv2.mean(image)[:3]) / 3.0
+    contrast = rng.uniform(1 - strength, 1 + strength)
+    brightness = rng.uniform(1 - strength, 1 + strength)
+    levels = ((np.arange(256, dtype=np.float32) - mean) * contrast + mean) * brightness
+    return cv2.LUT(image, np.clip(np.rint(levels), 0, 255).astype(np.uint8))

@@ -24,7 +24,7 @@ import numpy as np
 from dbtk.data.augment import AugmentConfig, color_jitter, random_affine, transform_points, warp
 from dbtk.data.images import ImageError
 from dbtk.data.labels import prepare
-from dbtk.data.polygons import repair
+from dbtk.data.polygons import repair_all
 from dbtk.data.targets import make_targets
 from dbtk.errors import DbtkError
 
@@ -195,9 +195,11 @@ class DetectionDataset:
         matrix = random_affine(rng, width, height, polygons, ignore, self.config)
         size = self.config.size
         out_image = color_jitter(warp(image, matrix, size), rng, self.config.color_jitter)
+        # The page's labels are repaired already, and an affine map without reflection keeps them valid and
+        # clockwise: what is left to decide is the crop (outside: dropped, across its border: clipped) and size.
+        moved = [transform_points(points, matrix) for points in polygons]
         out_polygons, out_ignore = [], []
-        for points, is_ignored in zip(polygons, ignore, strict=True):
-            fixed = repair(transform_points(points, matrix), size, size, ignore=is_ignored, min_size=self.min_text_size)
+        for fixed in repair_all(moved, size, size, ignore=ignore, min_size=self.min_text_size):
             if not fixed.dropped:
                 out_polygons.append(fixed.points)
                 out_ignore.append(fixed.ignore)

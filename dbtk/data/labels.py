@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dbtk.data.polygons import DROPPED, Reason, repair
+from dbtk.data.polygons import DROPPED, Reason, repair_all
 from dbtk.data.reader import RawSample
 
 #: The reason a whole sample is skipped when it had labels and none of them survived repair.
@@ -60,8 +60,9 @@ def prepare(sample: RawSample, exif: str, *, min_size: float = 0.0) -> Labels:
     image = sample.decoded.image
     height, width = image.shape[:2]
     labels = Labels(image)
-    for index, (annotation, points) in enumerate(zip(sample.annotations, sample.display_points(exif), strict=True)):
-        fixed = repair(points, width, height, ignore=annotation.ignore, min_size=min_size)
+    annotations = sample.annotations
+    repaired = repair_all(sample.display_points(exif), width, height, ignore=[a.ignore for a in annotations], min_size=min_size)
+    for index, (annotation, fixed) in enumerate(zip(annotations, repaired, strict=True)):
         labels.findings.extend(Finding(reason, index, annotation.line) for reason in fixed.reasons)
         if not fixed.dropped:
             labels.polygons.append(fixed.points)

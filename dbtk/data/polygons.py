@@ -1,4 +1,5 @@
-"""The one place polygons are validated and repaired — training, ``clean-data`` and eval all call :func:`repair`.
+"""The one place polygons are validated and repaired — through :func:`dbtk.data.labels.prepare`, training,
+``clean-data`` and evaluation all call :func:`repair_all` (and :func:`repair` for one polygon).
 
 A polygon comes out in one of three states: kept (possibly repaired), turned into a don't-care region (too
 small to learn from), or dropped (nothing usable is left). Every change is recorded as a :class:`Reason` so
@@ -8,6 +9,7 @@ callers can count and report them.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,3 +143,73 @@ def _largest_part(geometry):  # noqa: ANN001, ANN202 - shapely geometry in, Poly
 def _exterior(polygon) -> np.ndarray:  # noqa: ANN001 - shapely Polygon
     coords = np.asarray(polygon.exterior.coords, dtype=np.float64)[:-1]
     return _drop_repeats(coords)
+
+
+def repair_all(
+    polygons: Sequence[np.ndarray],
+    width: int | None = None,
+    height: int | None = None,
+    *,
+    ignore: Sequence[bool],
+    min_size: float = 0.0,
+) -> list[Repaired]:
+    """:func:`repair` for every polygon of an image, vectorised: the same results, several times faster.
+
+    Polygons that are finite, free of repeated points, valid (one shapely call for all), of non-zero area and
+    inside the image — nearly all of real labels — are settled with array arithmetic; those entirely outside
+    the image are dropped the same way; only the rest take the one-polygon path with shapely.
+    """
+    results: list[Repaired | None] = [None] * len(polygons)
+    by_count: dict[int, list[int]] = {}
+    for index, points in enumerate(polygons):
+        points = np.asarray(points)
+        if points.ndim == 2 and points.shape[1] == 2 and len(points) >= 3:
+            by_count.setdefault(len(points), []).append(index)
+    for indices in by_count.values():
+        _settle_simple(polygons, indices, width, height, ignore, min_size, results)
+    return [
+        result if result is not None else repair(points, width, height, ignore=ignore[i], min_size=min_size)
+        for i, (result, points) in enumerate(zip(results, polygons, strict=True))
+    ]
+
+
+def _settle_simple(
+    polygons: Sequence[np.ndarray],
+    indices: list[int],
+    width: int | None,
+    height: int | None,
+    ignore: Sequence[bool],
+    min_size: float,
+    results: list[Repaired | None],
+) -> None:
+    """Fill ``results`` for the polygons (all with the same point count) that need no shapely repair."""
+    import shapely
+
+    points = np.stack([np.asarray(polygons[i], dtype=np.float64) for i in indices])  # (m, k, 2)
+    finite = np.isfinite(points).all(axis=(1, 2))
+    points = np.where(finite[:, None, None], points, 0.0)
+    repeated = (np.abs(points - np.roll(points, 1, axis=1)) <= 1e-6).all(axis=2).any(axis=1)
+    x, y = points[..., 0], points[..., 1]
+    area = 0.5 * ((x * np.roll(y, -1, axis=1)).sum(axis=1) - (np.roll(x, -1, axis=1) * y).sum(axis=1))
+    simple = finite & ~repeated & (np.abs(area) >= MIN_AREA)
+    simple[simple] = shapely.is_valid(shapely.polygons(points[simple]))
+    if width is None or height is None:
+        inside, outside = simple, np.zeros_like(simple)
+    else:
+        low, high = points.min(axis=1), points.max(axis=1)
+        inside = simple & (low >= 0).all(axis=1) & (high[:, 0] <= width) & (high[:, 1] <= height)
+        outside = simple & ((high[:, 0] <= 0) | (high[:, 1] <= 0) | (low[:, 0] >= width) | (low[:, 1] >= height))
+    for row in np.flatnonzero(outside):
+        results[indices[row]] = Repaired(None, ignore[indices[row]], (*_orientation(area[row]), Reason.OUTSIDE_IMAGE))
+    for row in np.flatnonzero(inside):
+        index = indices[row]
+        pts = points[row] if area[row] > 0 else points[row][::-1]
+        pts32 = pts.astype(np.float32)
+        is_ignored, reasons = ignore[index], _orientation(area[row])
+        if not is_ignored and min_size > 0 and short_side(pts32) < min_size:
+            reasons, is_ignored = (*reasons, Reason.TINY), True
+        results[index] = Repaired(pts32, is_ignored, reasons)
+
+
+def _orientation(area: float) -> tuple[Reason, ...]:
+    return (Reason.ORIENTATION,) if area < 0 else ()
