@@ -16,6 +16,7 @@ from dbtk.registry import registry
 from dbtk.testing import PluginContractError, check_reader
 from tests.conftest import run_dbtk
 from tests.data_fixtures import GOOD_LINE, jpeg_bytes, text_image, write_icdar
+from tests.external_fixtures import fixture
 
 
 def icdar_split(root: Path) -> tuple[list[str], Split]:
@@ -43,6 +44,7 @@ FIXTURES: dict[str, Callable[[Path], tuple[list[str], Split]]] = {
     "icdar2015": icdar_split,
     "receipt-json": receipt_split,
     "synthetic": synthetic_split,
+    **{name: fixture(name) for name in ("coco", "ctw1500", "doctr", "label-studio", "labelme", "ppocr", "totaltext")},
 }
 SHIPPED = sorted(e.name for e in registry.entries("dataset") if e.dist == "dbtk")
 PARAMS = {"synthetic": {"count": 3, "width": 96, "height": 64, "max_lines": 2}}
