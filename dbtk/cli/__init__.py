@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 #: Command name -> "module:attribute". One module per command; nothing here is imported until needed.
 COMMANDS: dict[str, str] = {
     "clean-data": "dbtk.cli.clean_data:clean_data",
+    "convert": "dbtk.cli.convert:convert",
     "doctor": "dbtk.cli.doctor:doctor",
     "eval": "dbtk.cli.eval:eval_command",
     "export": "dbtk.cli.export:export",
