@@ -3,15 +3,15 @@ releases write them. With a split table, ``images`` is the image folder and ``an
 without one, ``ROOT/images`` and ``ROOT/gts``.
 
 Total-Text (https://github.com/cs-chan/Total-Text-Dataset, ``Groundtruth/Text/README.md``: columns x, y, text,
-orientation with ``#`` = don't care), the ``.txt`` files ``poly_gt_img11.txt`` of both its legacy and its refined
-release::
+orientation with ``#`` = don't care), the ``.txt`` ground truth, ``txt_format/Train/poly_gt_img11.txt`` for
+``Images/Train/img11.jpg``::
 
     x: [[115 503 494 115]], y: [[322 346 426 404]], ornt: [u'm'], transcriptions: [u'nauGHTY']
 
 one region per record, whose arrays numpy may have wrapped onto following lines; ``ornt`` or a transcription
 ``#`` marks don't care. The per-image line form Total-Text's T3 annotation tool writes and DB's converted
 Total-Text ground truth uses, ``x1,y1,x2,y2,...,xn,yn[,text]``, is read too (``#`` or ``###`` = don't care).
-(The ``.mat`` copy of the ground truth is not read: convert it with the ``.txt`` release instead.)
+(The ``.mat`` copy of the ground truth is not read: use the ``.txt`` release.)
 
 SCUT-CTW1500 (https://github.com/Yuliang-Liu/Curve-Text-Detector, ``data/README.md``): the first release's
 ``text_label_curve/0001.txt`` lines hold 32 numbers, ``xmin,ymin,xmax,ymax`` of the circumscribed rectangle and
