@@ -196,6 +196,7 @@ class Train:
     max_bad_steps: int = _field(20, "stop after this many consecutive non-finite steps", between(1, MAX_STEPS))
     compile: bool = _field(False, "apply torch.compile to the model (lazily, on the first step)")
     channels_last: bool = _field(True, "NHWC memory layout for the model and batches (1.2x faster steps on CPU here)")
+    cudnn_benchmark: bool = _field(False, "CUDA: let cuDNN time its convolution algorithms for each new input shape (faster steps at fixed crop sizes; first steps slower)")
     sync_bn: bool = _field(False, "under DDP, compute BatchNorm statistics over all processes' batches (small per-GPU batches)")
     dist_timeout: int = _field(1800, "under DDP, seconds a process waits for the others (validation included) before failing", between(1, 7 * 24 * 3600))
 

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -463,9 +462,7 @@ def recipe_run_probe(args: argparse.Namespace) -> Result:
 
     recipe = _steps_only(recipes.load(args.recipe, args.overrides), args.steps)
     out: Result = {"steps": args.steps, "workers": recipe.train.workers, "batch_size": recipe.train.batch_size, "precision": recipe.train.precision}
-    setting = getattr(recipe.train, "cudnn_benchmark", None)  # a recipe key only in dbtk versions that have it
-    if setting is not None:
-        out["benchmark_setting"] = setting
+    out["benchmark_setting"] = recipe.train.cudnn_benchmark
     try:
         out.update(_train(recipe, args.steps))
     except Exception as exc:

@@ -499,7 +499,7 @@ def run_findings(run: dict[str, Any], cpus: int | None = None) -> list[Finding]:
         findings.append(Finding("recipe memory", OK, f"peak {run['peak_gb']:.1f} of {run['total_gb']:.1f} GB during training"))
     elif "peak_rss_gb" in run:
         findings.append(Finding("recipe memory", OK, f"peak process memory {run['peak_rss_gb']:.1f} GB"))
-    findings += _benchmark_findings(run.get("cudnn_benchmark"), run.get("benchmark_setting"))
+    findings += _benchmark_findings(run.get("cudnn_benchmark"), bool(run.get("benchmark_setting")))
     findings += _tf32_findings(run.get("tf32"), run.get("precision"))
     return findings
 
@@ -520,23 +520,19 @@ def _loss_finding(run: dict[str, Any]) -> Finding:
     return Finding("recipe loss", OK, f"finite on all {logged} of {steps} steps{note}")
 
 
-def _benchmark_findings(benchmark: dict[str, Any] | None, setting: bool | None) -> list[Finding]:
+def _benchmark_findings(benchmark: dict[str, Any] | None, setting: bool) -> list[Finding]:
     """cuDNN autotuning (torch.backends.cudnn.benchmark) picks faster kernels but may need more workspace; the step
-    is timed with it off and on. ``setting`` is the recipe's ``train.cudnn_benchmark``, None where recipes have no
-    such key: then no advice names one."""
+    is timed with it off and on. ``setting`` is the recipe's ``train.cudnn_benchmark``."""
     if not benchmark:
         return []
     off, on = benchmark.get("off", {}), benchmark.get("on", {})
     if "error" in off:
         return [Finding("cudnn benchmark", FAIL, f"the model fails with cudnn.benchmark off: {off['error']}", error_fix(off["error"], STEP))]
     if "error" in on:
-        keep_off = "set train.cudnn_benchmark = false" if setting is not None else "keep cuDNN autotuning off (as dbtk runs it)"
-        return [Finding("cudnn benchmark", WARN if setting is not True else FAIL, f"the model fails with cudnn.benchmark on: {on['error']}",
-                        f"{keep_off}; {error_fix(on['error'], STEP)}")]
+        return [Finding("cudnn benchmark", FAIL if setting else WARN, f"the model fails with cudnn.benchmark on: {on['error']}",
+                        f"set train.cudnn_benchmark = false; {error_fix(on['error'], STEP)}")]
     detail = f"step {off['ms']:.0f} ms with cudnn.benchmark off, {on['ms']:.0f} ms on"
     if on["ms"] < 0.9 * off["ms"]:
-        if setting is None:
-            return [Finding("cudnn benchmark", OK, f"{detail}: autotuning would pay off at this fixed input size, but recipes have no setting for it yet")]
         if not setting:
             return [Finding("cudnn benchmark", OK, detail, "set train.cudnn_benchmark = true (fixed input sizes: autotuning pays off)")]
     elif setting:

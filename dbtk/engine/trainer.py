@@ -19,10 +19,8 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -153,6 +151,8 @@ class Trainer:
         distributed.require_same_recipe(self.world, recipes.dumps(self.recipe))
         torch.manual_seed(self.recipe.seed)
         np.random.seed(self.recipe.seed % 2**32)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = self.recipe.train.cudnn_benchmark
 
     def _build_model(self) -> None:
         """The model (channels-last, SyncBatchNorm under DDP when asked), its DDP wrapper and the loss."""
