@@ -1,0 +1,108 @@
+"""One training sample of the docs recipe, part by part, against decoding its page alone (the baseline).
+
+Usage: python benchmarks/loader.py [--data ../shared/data/docs-dev/train] [--samples 80] [--markdown]
+
+Single-threaded (one OpenCV thread, no DataLoader workers), as one loader worker runs. Every part is timed on
+the same samples in the same run: JPEG decode, label path (orientation + repair + keep/skip), the affine warp,
+the labels after the transform (crop and size), colour jitter, DB targets, collate; then whole samples through
+``DetectionDataset`` with the cache off and with the decoded-page cache warm.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from dbtk import recipe as recipes
+from dbtk.data.augment import color_jitter, random_affine, transform_points, warp
+from dbtk.data.dataset import DetectionDataset, collate
+from dbtk.data.formats import open_split
+from dbtk.data.images import read_image
+from dbtk.data.labels import prepare
+from dbtk.data.polygons import repair_all
+from dbtk.data.targets import make_targets
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS_TRAIN = REPO.parent / "shared" / "data" / "docs-dev" / "train"
+#: The busiest GPU goal of the throughput issue: images per second a loader must feed.
+GOAL_IMAGES_PER_SECOND = 400
+
+
+def per_sample(fn: Callable[[int], object], count: int) -> float:
+    """Median over three passes of the mean milliseconds per sample."""
+    runs = []
+    for _ in range(3):
+        start = time.perf_counter()
+        for index in range(count):
+            fn(index)
+        runs.append((time.perf_counter() - start) / count * 1e3)
+    return statistics.median(runs)
+
+
+def main() -> None:
+    import cv2
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DOCS_TRAIN))
+    parser.add_argument("--samples", type=int, default=80)
+    parser.add_argument("--markdown", action="store_true")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+
+    recipe = recipes.load(str(REPO / "recipes" / "docs.toml"), [f"data.train={args.data}", "data.cache=off"])
+    data = recipe.data
+    reader = open_split(args.data)
+    count = min(args.samples, len(reader))
+    dataset = DetectionDataset(reader, data, train=True, seed=0)
+    config, size = dataset.config, dataset.config.size
+
+    pages = [reader.load(i) for i in range(count)]
+    labels = [prepare(page, reader.exif) for page in pages]
+    rngs = [np.random.default_rng([0, 0, i]) for i in range(count)]
+    matrices = [random_affine(rngs[i], labels[i].image.shape[1], labels[i].image.shape[0], labels[i].polygons, labels[i].ignore, config) for i in range(count)]
+    warped = [warp(labels[i].image, matrices[i], size) for i in range(count)]
+    moved = [repair_all([transform_points(p, matrices[i]) for p in labels[i].polygons], size, size, ignore=labels[i].ignore, min_size=data.min_text_size) for i in range(count)]
+    kept = [([r.points for r in m if not r.dropped], [r.ignore for r in m if not r.dropped]) for m in moved]
+    samples = [dataset[i] for i in range(count)]
+    paths = [reader.source(i) for i in range(count)]
+
+    parts = {
+        "JPEG decode (baseline)": per_sample(lambda i: read_image(paths[i]), count),
+        "label path (orient, repair, keep/skip)": per_sample(lambda i: prepare(pages[i], reader.exif), count),
+        "random affine + warp": per_sample(lambda i: warp(labels[i].image, random_affine(np.random.default_rng(i), labels[i].image.shape[1], labels[i].image.shape[0], labels[i].polygons, labels[i].ignore, config), size), count),
+        "labels after the transform": per_sample(lambda i: repair_all([transform_points(p, matrices[i]) for p in labels[i].polygons], size, size, ignore=labels[i].ignore, min_size=data.min_text_size), count),
+        "colour jitter": per_sample(lambda i: color_jitter(warped[i], np.random.default_rng(i), data.color_jitter), count),
+        "DB targets": per_sample(lambda i: make_targets(*kept[i], size, size, data.shrink_ratio, data.thresh_min, data.thresh_max), count),
+        "collate (per sample)": per_sample(lambda i: collate([samples[i]]), count),
+    }
+    whole_off = per_sample(lambda i: dataset[i], count)
+    with tempfile.TemporaryDirectory() as folder:
+        cached = DetectionDataset(reader, recipes.with_overrides(recipe, [f"data.cache={folder}"]).data, train=True, seed=0)
+        for i in range(count):
+            cached[i]  # fill the cache
+        whole_warm = per_sample(lambda i: cached[i], count)
+
+    decode = parts["JPEG decode (baseline)"]
+    rows = [(name, ms, ms / decode) for name, ms in parts.items()]
+    rows += [("**one sample, cache off**", whole_off, whole_off / decode), ("**one sample, cache warm**", whole_warm, whole_warm / decode)]
+    per_worker = 1e3 / whole_off
+    print(f"{count} docs-dev train pages, crop {size}, single-threaded; {per_worker:.0f} samples/s per worker (cache off), "
+          f"{1e3 / whole_warm:.0f} (warm): {GOAL_IMAGES_PER_SECOND} img/s needs {GOAL_IMAGES_PER_SECOND / per_worker:.1f} workers "
+          f"({GOAL_IMAGES_PER_SECOND * whole_warm / 1e3:.1f} warm)")
+    if args.markdown:
+        print("| part | ms / sample | × page decode |\n|---|---|---|")
+        for name, ms, ratio in rows:
+            print(f"| {name} | {ms:.2f} | {ratio:.2f}× |")
+    else:
+        for name, ms, ratio in rows:
+            print(f"{name:42s} {ms:7.2f} ms  {ratio:5.2f}×")
+
+
+if __name__ == "__main__":
+    main()
