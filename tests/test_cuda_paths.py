@@ -12,7 +12,7 @@ import torch
 from dbtk.engine import state as state_module
 from dbtk.engine.trainer import Trainer
 from dbtk.errors import DbtkError
-from tests.test_train import tiny
+from tests.test_train import poison_every_batch, tiny
 
 
 def test_nchw_training_is_identical_whether_it_validates_every_step_or_never(tmp_path: Path) -> None:
@@ -45,16 +45,7 @@ def test_fp16_scaler_overflow_is_skipped_and_counted_not_a_bad_step(tmp_path: Pa
 def test_fp16_non_finite_loss_is_still_a_bad_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if not hasattr(torch.amp, "GradScaler"):
         pytest.skip("this torch has no CPU GradScaler")
-    import dbtk.data.dataset as dataset_module
-
-    real_collate = dataset_module.collate
-
-    def always_nan(samples):  # noqa: ANN001, ANN202
-        batch = real_collate(samples)
-        batch["thresh_map"][:] = float("nan")
-        return batch
-
-    monkeypatch.setattr(dataset_module, "collate", always_nan)
+    poison_every_batch(monkeypatch)
     trainer = Trainer(tiny("fp16", **{"train.max_bad_steps": 2}), tmp_path / "run")
     with pytest.raises(DbtkError, match="2 consecutive steps had a non-finite loss"):
         trainer.run()

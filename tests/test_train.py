@@ -114,7 +114,8 @@ def test_nan_batch_is_skipped_and_counted(tmp_path: Path, monkeypatch: pytest.Mo
     assert all(torch.isfinite(v).all() for v in trainer.model.state_dict().values() if v.is_floating_point())
 
 
-def test_consecutive_bad_steps_stop_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def poison_every_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every batch's threshold targets become NaN: every step's loss is non-finite."""
     import dbtk.data.dataset as dataset_module
 
     real_collate = dataset_module.collate
@@ -125,6 +126,10 @@ def test_consecutive_bad_steps_stop_the_run(tmp_path: Path, monkeypatch: pytest.
         return batch
 
     monkeypatch.setattr(dataset_module, "collate", always_nan)
+
+
+def test_consecutive_bad_steps_stop_the_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    poison_every_batch(monkeypatch)
     trainer = Trainer(tiny(**{"train.max_bad_steps": 2}), tmp_path / "run")
     with pytest.raises(DbtkError, match="2 consecutive steps had a non-finite loss or gradient"):
         trainer.run()
