@@ -118,7 +118,9 @@ def main(args: Sequence[str] | None = None, prog_name: str = "dbtk") -> None:
     except BrokenPipeError:  # `dbtk plugins | head`
         sys.stderr.close()
         sys.exit(0)
-    except (DbtkError, OSError, click.ClickException, click.Abort, KeyboardInterrupt) as exc:
+    except click.ClickException as exc:  # a usage error: its message says all, --debug or not
+        _report(exc)
+    except (DbtkError, OSError, click.Abort, KeyboardInterrupt) as exc:
         if debug:
             raise
         _report(exc)
