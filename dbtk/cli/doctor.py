@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from dbtk.cli import FiniteFloatRange
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
 @click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False), help="Also measure this recipe's model at its batch and image size.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe overrides for --recipe.")
-@click.option("--steps", type=click.IntRange(min=0), default=0, show_default=True,
+@click.option("--steps", type=click.IntRange(0, 100_000), default=0, show_default=True,
               help="With --recipe: also train N steps on the recipe's real data (throughput, data waits, skipped samples, finite loss, peak memory).")
 @click.option("--require-cuda", is_flag=True, help="Fail when no CUDA GPU is usable.")
-@click.option("--timeout", type=float, default=60.0, show_default=True, help="Seconds each probe may take before it is reported as hung.")
-@click.option("--out", "run_dir", default="runs", show_default=True, help="Where runs will be written (for the disk check).")
+@click.option("--timeout", type=FiniteFloatRange(1.0, 86_400.0), default=60.0, show_default=True,
+              help="Seconds each probe may take before it is reported as hung (1 to 86400).")
+@click.option("--out", "run_dir", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="Where runs will be written (for the disk check).")
 def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], steps: int, require_cuda: bool, timeout: float, run_dir: str) -> None:
     """Diagnose Python, torch/CUDA/cuDNN, GPUs, libraries, data loading, disk and plugins.
 
@@ -22,7 +28,6 @@ def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], s
     """
     import platform
     import sys
-    from pathlib import Path
 
     from dbtk.cli import _ui
     from dbtk.doctor import probes, rules
@@ -31,6 +36,7 @@ def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], s
 
     if steps and not recipe_path:
         raise DbtkError("--steps needs --recipe", hint="dbtk doctor --recipe recipes/rtx3060.toml --steps 50")
+    _require_writable_folder(Path(run_dir))
     workers = None
     if recipe_path:
         from dbtk import recipe as recipes
@@ -104,3 +110,18 @@ def _start_live(findings):  # noqa: ANN001, ANN202
     live = Live(_table(findings, pending=["probes"]), console=_ui.console(), auto_refresh=False)
     live.start(refresh=True)
     return live
+
+
+def _require_writable_folder(folder: Path) -> None:
+    """--out must be a folder training could create and write: the disk check measures where it would live."""
+    import os
+
+    from dbtk.errors import DbtkError
+
+    existing = folder.resolve()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DbtkError(f"--out {folder.resolve()}: {existing} is a file, so no run folder can be made there")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise DbtkError(f"--out {folder.resolve()}: {existing} is not writable", hint="choose another --out")

@@ -344,23 +344,6 @@ def in_default_run(cases: list[Case]) -> set[str]:
     return chosen
 
 
-#: Cases that fail for reasons in files this table's owner may not change: "owned elsewhere: FILE". Remove an
-#: entry once its file is fixed (xfail is not strict, so a fixed case passes quietly until then).
-_DOCTOR_TIMEOUT = ("owned elsewhere: dbtk/cli/doctor.py: --timeout has no range; -1 and 0 time every probe out (exit 1, "
-                   "no error line), nan raises ValueError in subprocess, ±inf is taken")
-_DOCTOR_OUT = ("owned elsewhere: dbtk/cli/doctor.py, dbtk/doctor/: --out is an untyped string; a run folder that cannot be "
-               "created passes as a disk warning ('0.0 GB free'), exit 0")
-KNOWN_FAILURES: dict[str, str] = {
-    **{f"doctor|--timeout|{label}": _DOCTOR_TIMEOUT for label in ("negative", "zero", "nan", "inf", "-inf")},
-    **{f"doctor|--out|{label}": _DOCTOR_OUT for label in ("under-a-file", "read-only", "kind-mismatch")},
-}
-
-#: Numeric options without both bounds, by "command|option", in files this table's owner may not change.
-KNOWN_RANGE_GAPS: dict[str, str] = {
-    "doctor|--steps": "owned elsewhere: dbtk/cli/doctor.py (no upper bound)",
-    "doctor|--timeout": "owned elsewhere: dbtk/cli/doctor.py (a plain FLOAT: no bounds, takes nan)",
-}
-
 CASES = generate()
 DEFAULT_RUN = in_default_run(CASES)
 
@@ -371,8 +354,6 @@ def _params() -> list[object]:
         marks = [] if case.id in DEFAULT_RUN else [pytest.mark.slow]
         if case.skip:
             marks.append(pytest.mark.skip(reason=case.skip))
-        if case.id in KNOWN_FAILURES:
-            marks.append(pytest.mark.xfail(reason=KNOWN_FAILURES[case.id], strict=False))
         params.append(pytest.param(case, id=case.id, marks=marks))
     return params
 
@@ -677,19 +658,16 @@ def test_hostile_value(case: Case, fixtures: tuple[Path, dict[str, str]], tmp_pa
     TALLY["cli table: cases"] += 1
     TALLY["cli table: tracebacks"] += "traceback" in problems
     TALLY["cli table: inputs modified"] += any(p.startswith("inputs modified") for p in problems)
-    TALLY["cli table: known failures (owned elsewhere)"] += case.id in KNOWN_FAILURES and bool(problems)
     assert not problems, f"dbtk {' '.join(argv)}\n-> exit {outcome.code}: {problems}\n{outcome.stderr[-3000:]}"
 
 
 # ------------------------------------------------------------------------------------------------ the table itself
-def _slot_params(known: dict[str, str] | None = None) -> list[object]:
-    params = []
-    for name, command in leaf_commands().items():
-        for param in command.params:
-            key = f"{name}|{slot_name(param)}"
-            marks = [pytest.mark.xfail(reason=known[key], strict=False)] if known and key in known else []
-            params.append(pytest.param(name, param, id=key, marks=marks))
-    return params
+def _slot_params() -> list[object]:
+    return [
+        pytest.param(name, param, id=f"{name}|{slot_name(param)}")
+        for name, command in leaf_commands().items()
+        for param in command.params
+    ]
 
 
 def test_every_command_has_a_baseline() -> None:
@@ -707,7 +685,7 @@ def test_every_slot_has_hostile_values(command: str, param: click.Parameter) -> 
     )
 
 
-@pytest.mark.parametrize(("command", "param"), _slot_params(KNOWN_RANGE_GAPS))
+@pytest.mark.parametrize(("command", "param"), _slot_params())
 def test_every_number_has_a_range(command: str, param: click.Parameter) -> None:
     """Every INT/FLOAT option (and tuple of them) is bounded below and above, and refuses nan and inf."""
     number = numeric_kind(param)
