@@ -34,8 +34,8 @@ def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], s
 
     from dbtk.errors import DbtkError
 
-    if steps and not recipe_path:
-        raise DbtkError("--steps needs --recipe", hint="dbtk doctor --recipe recipes/rtx3060.toml --steps 50")
+    if (steps or overrides) and not recipe_path:
+        raise DbtkError(f"{'--steps' if steps else '--set'} needs --recipe", hint="dbtk doctor --recipe recipes/rtx3060.toml --steps 50")
     _require_writable_folder(Path(run_dir))
     workers = None
     if recipe_path:
