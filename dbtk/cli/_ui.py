@@ -106,3 +106,20 @@ def progress(label: str, total: int, interval: float = PROGRESS_INTERVAL) -> Ite
     yield advance
     if done != reported:
         line()
+
+
+def data_report(report: Any) -> None:
+    """The problems table of ``clean-data`` and ``convert`` (a :class:`dbtk.data.clean.Report`): every category
+    with its count and up to three ``file:line`` examples."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{report.source}: {report.images} images, {report.polygons_kept} polygons kept", title_justify="left")
+    table.add_column("problem")
+    table.add_column("count", justify="right")
+    table.add_column("examples")
+    for category, count in sorted(report.counts.items(), key=lambda kv: -kv[1]):
+        table.add_row(category, str(count), escape("\n".join(report.examples[category][:3])))
+    if not report.counts:
+        table.add_row("[green]none[/]", "0", "")
+    console().print(table)

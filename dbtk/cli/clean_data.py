@@ -46,22 +46,11 @@ def clean_data(
 
     reader = open_split(src, annotations, format_name)
     require_samples(reader, src, "check")
-    result_report = clean.Report(source=src, format=format_name)
-    for problem in reader.problems:
-        result_report.add_problem(problem)
     writer = clean.Writer(Path(out), format_name) if out else None
-
-    workers = workers or os.cpu_count() or 1
     with _ui.progress("scanning", len(reader)) as advance:
-        for index, result in clean.scan(reader, workers, min_size):
-            result_report.add_result(result)
-            if writer is not None:
-                writer.add(reader, index, result)
-            advance()
-    if writer is not None:
-        writer.close()
+        result_report = clean.scan_split(reader, src, format_name, workers or os.cpu_count() or 1, min_size, writer, advance)
 
-    _print_summary(result_report)
+    _ui.data_report(result_report)
     if report:
         import json
 
@@ -70,20 +59,3 @@ def clean_data(
         _ui.console().print(f"[green]✓[/] repaired copy written to {out} ({result_report.usable_images} images, {result_report.polygons_kept} polygons)")
     if check and result_report.problem_count:
         raise CheckFailed(f"{result_report.problem_count} problems found in {src}", hint="write a repaired copy with --out DST")
-
-
-def _print_summary(report) -> None:  # noqa: ANN001 - dbtk.data.clean.Report (imported lazily)
-    from rich.markup import escape
-    from rich.table import Table
-
-    from dbtk.cli import _ui
-
-    table = Table(title=f"{report.source}: {report.images} images, {report.polygons_kept} polygons kept", title_justify="left")
-    table.add_column("problem")
-    table.add_column("count", justify="right")
-    table.add_column("examples")
-    for category, count in sorted(report.counts.items(), key=lambda kv: -kv[1]):
-        table.add_row(category, str(count), escape("\n".join(report.examples[category][:3])))
-    if not report.counts:
-        table.add_row("[green]none[/]", "0", "")
-    _ui.console().print(table)

@@ -42,7 +42,6 @@ def convert(src: str, annotations: str | None, format_name: str, to_format: str,
     from rich.markup import escape
 
     from dbtk.cli import _ui, require_samples
-    from dbtk.cli.clean_data import _print_summary
     from dbtk.errors import DbtkError
 
     destination = Path(out)
@@ -59,7 +58,7 @@ def convert(src: str, annotations: str | None, format_name: str, to_format: str,
     with _ui.progress("converting", len(reader)) as advance:
         result = clean.scan_split(reader, src, format_name, workers or os.cpu_count() or 1, writer=writer, on_image=advance)
 
-    _print_summary(result)
+    _ui.data_report(result)
     if report:
         Path(report).write_text(json.dumps(result.to_json(), indent=2), encoding="utf-8")
     if writer.squashed:
