@@ -15,6 +15,7 @@ import difflib
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -92,6 +93,29 @@ def multiple_of(step: int, high: int, *, allow_zero: bool = False) -> Callable[[
         lambda v: (allow_zero and v == 0) or (0 < v <= high and v % step == 0),
         f"a positive multiple of {step} up to {high}{zero}",
     )
+
+
+#: "90s", "30m", "2h", "1h30m": a duration as people write it.
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+#: Durations dbtk accepts for ``train.time_budget``: shorter cannot hold warm-up and one validation anywhere.
+MIN_BUDGET, MAX_BUDGET = 10.0, 90 * 24 * 3600.0
+
+
+def duration_seconds(text: str) -> float | None:
+    """Seconds in ``"90s"``, ``"30m"``, ``"2h"`` or ``"1h30m"``; None when ``text`` is not such a duration."""
+    match = _DURATION.match(text.strip().lower())
+    if not text.strip() or match is None or not any(match.groups()):
+        return None
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def a_duration() -> Callable[[Any, attrs.Attribute, Any], None]:
+    def valid(text: str) -> bool:
+        seconds = duration_seconds(text) if text else MIN_BUDGET
+        return seconds is not None and MIN_BUDGET <= seconds <= MAX_BUDGET
+
+    return _validator(valid, f'"" (no budget) or a duration like "90s", "30m", "2h" or "1h30m" between {MIN_BUDGET:g} s and 90 days')
 
 
 def not_empty() -> Callable[[Any, attrs.Attribute, Any], None]:
@@ -178,6 +202,7 @@ class Data:
 class Train:
     epochs: int = _field(100, "passes over the training set", between(1, 1_000_000))
     max_steps: int = _field(0, "stop after this many optimizer steps (0 = run all epochs)", between(0, MAX_STEPS))
+    time_budget: str = _field("", 'wall time for the whole run, e.g. "30m" or "2h": with max_steps = 0, training measures its steps and fixes max_steps so that steps, validations and checkpoints end within it', a_duration())
     batch_size: int = _field(2, "images per forward pass, per process", between(1, MAX_BATCH))
     accumulate: int = _field(1, "forward passes per optimizer step (effective batch = batch_size x accumulate)", between(1, MAX_BATCH))
     precision: str = _field("bf16", "autocast precision: 'fp32', 'bf16' or 'fp16' (fp16 uses a GradScaler)", one_of("fp32", "bf16", "fp16"))
@@ -622,6 +647,15 @@ RESUME_CHANGES: dict[str, str] = {
     "train.dist_timeout": "any",
     "loggers": "any",
 }
+
+
+def with_planned_steps(run: Recipe, requested: Recipe) -> Recipe:
+    """``requested`` with the step count the run fixed from its ``train.time_budget`` (same budget, max_steps 0
+    on the command line): a resumed or re-run budgeted run continues to the same last step, never re-plans."""
+    ran, asked = run.train, requested.train
+    if asked.time_budget and asked.time_budget == ran.time_budget and asked.max_steps == 0 and ran.max_steps > 0:
+        return attrs.evolve(requested, train=attrs.evolve(asked, max_steps=ran.max_steps))
+    return requested
 
 
 def check_resume(run: Recipe, requested: Recipe, run_source: str) -> None:

@@ -17,10 +17,12 @@ def test_meets_the_logger_contract(tmp_path: Path) -> None:
 
 def test_plain_lines_at_a_steady_interval_when_not_a_terminal(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     logger = ConsoleLogger(tmp_path, interval=0.05)
-    logger.start({"total_steps": 20, "start_step": 0})
+    logger.start({"total_steps": 100, "start_step": 0})
+    logger.log(1, {"planned_steps": 20, "elapsed_seconds": 0.0})  # the budget's plan shrinks the run to 20 steps
     for step in range(1, 21):
         logger.log(step, {"loss": 0.25, "lr": 1e-3, "images_per_second": 4.0})
         time.sleep(0.01)
+    logger.log(20, {"planned_steps": 20, "elapsed_seconds": 0.2})  # a time budget's plan: no line of its own
     logger.log(20, {"val/hmean": 0.75, "val/precision": 0.8, "val/recall": 0.7, "val/skipped_images": 1})
     logger.close()
     lines = capsys.readouterr().err.splitlines()

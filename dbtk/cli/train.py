@@ -38,7 +38,10 @@ def train(
     RUN/curves.png. Ctrl-C saves checkpoints/last.safetensors and exits with code 130; --resume continues.
     Several GPUs: --nproc N, or torchrun --nproc_per_node N -m dbtk train RECIPE (docs/distributed.md).
     """
+    import time
     from pathlib import Path
+
+    started = time.perf_counter()  # a train.time_budget counts the whole command, start-up included
 
     from dbtk import recipe as recipes
     from dbtk.cli import _ui
@@ -75,11 +78,12 @@ def train(
         from dbtk.io.checkpoint import read_training_state
 
         _, run_recipe, _ = read_training_state(resume_from)  # the run's own recipe: resuming may not change it
+        recipe = recipes.with_planned_steps(run_recipe, recipe)
         recipes.check_resume(run_recipe, recipe, f"{resume_from.absolute()} (embedded recipe)")
     check_model(recipe)
     trainer = None
     try:
-        trainer = Trainer(recipe, run_dir, resume_from=resume_from, device=device, stop_at=stop_at or 0)
+        trainer = Trainer(recipe, run_dir, resume_from=resume_from, device=device, stop_at=stop_at or 0, say=say, started=started)
         _run(trainer, recipe, run_dir, dry_run, resume_from is not None, main_rank)
         distributed.barrier()  # under DDP the ranks tear down together, after rank 0's last write
     finally:
@@ -112,10 +116,8 @@ def torchrun_place() -> tuple[int, int]:
 
 
 def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resuming: bool, main_rank: bool) -> None:
-    from pathlib import Path
-
-    from dbtk import recipe as recipes
     from dbtk.cli import _ui
+    from dbtk.engine import budget
     from dbtk.engine.trainer import StopRequested
 
     if not main_rank:  # other DDP ranks train silently; rank 0 reports for all
@@ -134,16 +136,15 @@ def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resumin
         f"(batch {recipe.train.batch_size} × accumulate {recipe.train.accumulate}{processes}), {recipe.train.precision} on {trainer.device}"
         + (f", resuming at step {trainer.state.position.step}" if resuming else "")
     )
+    if trainer.budget is not None:
+        plan = plan.replace(f"{trainer.total_steps} steps", f"steps fixed by the time budget ({recipe.train.time_budget})")
     _ui.step(plan)
     if dry_run:
+        if trainer.budget is not None:
+            _ui.step(f"measuring the time budget: {budget.SKIP + budget.MEASURED} warm-up steps, a checkpoint and a validation")
+            _ui.step(_plan_budget(trainer))
         _ui.console().print(f"[green]✓[/] dry run: recipe, components and data are ready; run folder would be {run_dir.absolute()}")
         return
-    from dbtk.io.atomic import atomic_write, remove_stale_temporaries
-
-    if run_dir.is_dir():
-        remove_stale_temporaries(run_dir)  # of a recipe.toml write killed halfway
-    text = recipes.dumps(recipe)  # paths absolute: --resume and eval work from any folder
-    atomic_write(run_dir / "recipe.toml", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     try:
         trainer.run()
     except KeyboardInterrupt:
@@ -158,3 +159,19 @@ def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resumin
         _ui.warn("skipped samples: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.state.skipped.items())))
     if trainer.state.repairs:
         _ui.warn("repaired polygons: " + ", ".join(f"{k} {v}" for k, v in sorted(trainer.state.repairs.items())) + " (see 'dbtk clean-data')")
+
+
+def _plan_budget(trainer: Trainer) -> str:
+    """--dry-run with a time budget: run the warm-up the real run would measure, in a throwaway folder."""
+    import tempfile
+    from pathlib import Path
+
+    from dbtk.engine.trainer import PlanReady
+
+    with tempfile.TemporaryDirectory(prefix="dbtk-budget-") as folder:
+        trainer.run_dir, trainer.plan_only, trainer.loggers = Path(folder), True, []
+        try:
+            trainer.run()
+        except PlanReady as ready:
+            return f"{ready.plan.describe()} (an estimate: the run measures again)"
+    return "the training set ends before the warm-up: no estimate"

@@ -16,17 +16,19 @@ What makes it safe and fast:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import attrs
 import numpy as np
 import torch
 
 from dbtk import recipe as recipes
-from dbtk.engine import distributed
+from dbtk.engine import budget, distributed
 from dbtk.engine.distributed import World
 from dbtk.engine.state import TrainingState, rng_state, set_rng_state
 from dbtk.errors import DbtkError
@@ -39,6 +41,14 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class BadStepsError(DbtkError):
     exit_code = 1
+
+
+class PlanReady(Exception):
+    """``plan_only``: the time budget is planned (``plan``); nothing of the run is kept."""
+
+    def __init__(self, plan: budget.Plan) -> None:
+        super().__init__(plan.describe())
+        self.plan = plan
 
 
 class StopRequested(Exception):
@@ -77,7 +87,7 @@ def make_schedule(kind: str, warmup: int, total: int):  # noqa: ANN201 - a step 
     def factor(step: int) -> float:
         if warmup and step < warmup:
             return (step + 1) / warmup
-        progress = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+        progress = min(max(step - warmup, 0) / max(total - 1 - warmup, 1), 1.0)  # the floor on the last step
         if kind == "poly":
             return (1.0 - progress) ** 0.9
         if kind == "cosine":
@@ -116,14 +126,26 @@ class Trainer:
         device: str | None = None,
         world: World | None = None,
         stop_at: int = 0,
+        say: Callable[[str], None] | None = None,
+        plan_only: bool = False,
+        started: float | None = None,
     ) -> None:
+        """``say`` receives one-line news for the user (the time-budget plan); ``plan_only`` stops the run as
+        soon as a time budget is planned (:class:`PlanReady`), for ``--dry-run``; ``started`` is the
+        ``time.perf_counter()`` the run's wall time counts from (the command's start; default: now)."""
+        self._created = time.perf_counter() if started is None else started
         self.recipe = recipe
+        self._say = say or (lambda _message: None)
+        self.plan_only = plan_only
         self.run_dir = Path(run_dir)
         self.reg = reg or default_registry
         self.stop_at = stop_at
         self._join_processes(device, world)
         self._build_model()
         self._build_data()
+        self.budget = recipes.duration_seconds(recipe.train.time_budget) if recipe.train.time_budget and not recipe.train.max_steps else None
+        if self.budget is not None:
+            self.total_steps = budget.MAX_STEPS  # until the plan after the warm-up fixes it
         self._build_optimization()
         self.state = TrainingState(bad_total=torch.zeros((), device=self.device), overflow_total=torch.zeros((), device=self.device))
         self.bad_run = torch.zeros((), device=self.device)  # consecutive bad steps; restarts at 0 on resume
@@ -133,6 +155,9 @@ class Trainer:
         self._compiled = False
         self._validated_at = -1
         self._saved_step = -1
+        self._seconds = {"save": 0.0, "validate": 0.0}  # what the last checkpoint write and validation took
+        self._measure_from = 0.0
+        self._planned_at: tuple[int, float] | None = None  # (step, time) of this process's plan
         self._interrupted = False
         self._started = time.perf_counter()
 
@@ -260,6 +285,7 @@ class Trainer:
             self._saved_step = self.state.position.step
         if not self.world.is_main:
             return path
+        started = time.perf_counter()
         try:
             save_weights(path, self.model, self.recipe, self._snapshot().to_tree() if with_state else None)
         except OSError as exc:
@@ -267,6 +293,7 @@ class Trainer:
                 f"could not write {path}: {exc.strerror or exc}; the previous checkpoint is intact",
                 hint="free disk space (or choose another --out) and resume with --resume",
             ) from None
+        self._seconds["save"] = time.perf_counter() - started
         return path
 
     def _load(self, path: Path) -> None:
@@ -315,7 +342,10 @@ class Trainer:
             from dbtk.io.atomic import remove_stale_temporaries
 
             remove_stale_temporaries(self.run_dir / "checkpoints")
+            remove_stale_temporaries(self.run_dir)  # of a recipe.toml write killed halfway
+            self._write_recipe()
         self._started = time.perf_counter()
+        self._start_step = self.state.position.step
         info = {"recipe": recipes.dumps(self.recipe), "total_steps": self.total_steps, "start_step": self.state.position.step}
         for logger in self.loggers:
             logger.start(info)
@@ -400,6 +430,8 @@ class Trainer:
                     raise StopRequested
                 if train.checkpoint_every and self.state.position.step % train.checkpoint_every == 0:
                     self.save("last")
+                if self.budget is not None:
+                    self._budget_hook(logging_step)
                 if self.state.position.step >= self.total_steps:
                     finished_epoch = self.state.position.batch >= self.batches.per_epoch
                     break
@@ -517,10 +549,17 @@ class Trainer:
     def _validate(self) -> None:
         if self.val_reader is None:
             return
+        self._validated_at = self.state.position.step
+        started = time.perf_counter()
+        try:
+            self._validate_once()
+        finally:
+            self._seconds["validate"] = time.perf_counter() - started
+
+    def _validate_once(self) -> None:
         from dbtk.infer.detector import Detector
         from dbtk.infer.evaluate import evaluate_detector
 
-        self._validated_at = self.state.position.step
         if not self.world.is_main:  # rank 0 scores the full validation set; the others wait for it
             distributed.barrier()
             return
@@ -544,6 +583,78 @@ class Trainer:
             self.save("best", with_state=False)
             self.save("last", collective=False)  # a resumed run knows this best and never overwrites it with a worse one
         distributed.barrier()
+
+    # ------------------------------------------------------------------ time budget
+    def _budget_hook(self, logging_step: bool) -> None:
+        """Plan after the warm-up (a step, a checkpoint and a validation measured); then, at logging steps, re-plan
+        from the average cost per step so far, validations and checkpoints included, when the projection has
+        drifted more than 2% (other work on the machine, slower later epochs)."""
+        if self.recipe.train.max_steps == 0:
+            self._plan()
+        elif logging_step and self._planned_at is not None:
+            self._replan()
+
+    def _plan(self) -> None:
+        done = self.state.position.step - self._start_step
+        if done == budget.SKIP:
+            self._measure_from = self._synchronized_time()
+        if done < budget.SKIP + budget.MEASURED:
+            return
+        step = self.state.position.step
+        step_seconds = (self._synchronized_time() - self._measure_from) / budget.MEASURED
+        if self._saved_step != step:
+            self.save("last")
+        if self.val_reader is not None and self._validated_at != step:
+            self._validate()
+        cadence = budget.Cadence(self.steps_per_epoch, self.recipe.train.val_every, self.recipe.train.val_every_steps,
+                                 self.recipe.train.checkpoint_every, self.val_reader is not None)
+        plan = budget.plan(self.budget, time.perf_counter() - self._created, step, step_seconds,
+                           self._seconds["validate"], self._seconds["save"], cadence)
+        plan = dataclasses.replace(plan, steps=self._agreed(plan.steps))
+        if self.plan_only:
+            raise PlanReady(plan)
+        self._planned_at = (step, time.perf_counter())
+        self._set_total(plan.steps, plan.describe())
+
+    def _replan(self) -> None:
+        step, now = self.state.position.step, time.perf_counter()
+        planned_step, planned_time = self._planned_at
+        if step - planned_step < 2 * budget.MEASURED or step >= self.total_steps:
+            return
+        per_step = (now - planned_time) / (step - planned_step)  # validations and checkpoints spread over the steps
+        ending = self._seconds["validate"] + 2 * self._seconds["save"]  # the final validation and checkpoint
+        left = self.budget - (now - self._created) - ending
+        steps = self._agreed(step + max(1, int(left / per_step)))  # every rank, every time: a collective
+        if abs(steps - self.total_steps) > 0.02 * (self.total_steps - planned_step):
+            self._set_total(steps, f"time budget {budget.minutes(self.budget)}: {steps} steps after all ({per_step:.2f} s per step so far)")
+
+    def _agreed(self, steps: int) -> int:
+        """The smallest step count any process planned: every rank stops at the same step."""
+        return int(-distributed.all_reduce(torch.tensor(-float(steps), device=self.device), "max").item())
+
+    def _set_total(self, steps: int, message: str) -> None:
+        """Train to ``steps``: the LR schedule ends exactly there; RUN/recipe.toml and checkpoints carry it."""
+        self.total_steps = steps
+        for index, base in enumerate(self.scheduler.base_lrs):
+            self.scheduler.lr_lambdas[index] = make_schedule(self.recipe.train.scheduler, self.recipe.train.warmup_steps, steps)
+            self.optimizer.param_groups[index]["lr"] = base * self.scheduler.lr_lambdas[index](self.scheduler.last_epoch)
+        self.recipe = attrs.evolve(self.recipe, train=attrs.evolve(self.recipe.train, max_steps=steps))
+        if self.world.is_main:
+            self._write_recipe()
+        self._say(message)
+        self._emit({"planned_steps": steps, "elapsed_seconds": time.perf_counter() - self._started})
+
+    def _synchronized_time(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # twice per run: step times are what the GPU did
+        return time.perf_counter()
+
+    def _write_recipe(self) -> None:
+        """RUN/recipe.toml: the resolved recipe (absolute paths; with a time budget, the step count it fixed)."""
+        from dbtk.io.atomic import atomic_write
+
+        text = recipes.dumps(self.recipe)
+        atomic_write(self.run_dir / "recipe.toml", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
     def _plot(self) -> None:
         from dbtk.engine.curves import write_curves

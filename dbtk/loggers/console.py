@@ -50,6 +50,11 @@ class ConsoleLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         if self.console is None:
             return
+        if "planned_steps" in metrics:  # a time budget fixed (or revised) the step count: the trainer says so itself
+            self.total = int(metrics["planned_steps"])
+            if self.progress is not None:
+                self.progress.update(self.task, total=self.total)
+            return
         if "val/hmean" in metrics:
             skipped = int(metrics.get("val/skipped_images", 0))
             self.console.print(
