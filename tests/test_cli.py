@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from dbtk import __version__
-from dbtk.errors import file_error
+from dbtk.cli._oserror import file_error
 from tests.conftest import run_dbtk
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from dbtk import __version__
-from dbtk.errors import DbtkError, file_error
+from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
     from dbtk.data.reader import Reader
@@ -135,6 +135,8 @@ def _report(exc: BaseException) -> NoReturn:
     from dbtk.cli import _ui
 
     if isinstance(exc, OSError):  # any file operation of any command: the one place that explains them
+        from dbtk.cli._oserror import file_error
+
         exc = file_error(exc)
     if isinstance(exc, DbtkError):
         _ui.error(exc.message, exc.hint)
