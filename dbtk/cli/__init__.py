@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "predict": "dbtk.cli.predict:predict",
     "profile-imports": "dbtk.cli.profile_imports:profile_imports",
     "recipe": "dbtk.cli.recipe:recipe",
+    "serve": "dbtk.cli.serve:serve",
     "train": "dbtk.cli.train:train",
 }
 
