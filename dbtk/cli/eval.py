@@ -16,9 +16,10 @@ import click
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (summary and per-image scores) instead of tables.")
 @click.option("--vis", "vis_dir", type=click.Path(file_okay=False), help="Write overlays of misses and false positives for the worst images here.")
 @click.option("--worst", type=click.IntRange(0, 100_000), default=5, show_default=True, help="How many of the worst images to list (and draw with --vis).")
+@click.option("--report", "report_dir", type=click.Path(file_okay=False), help="Write an HTML report here (index.html + images/): summary, sortable per-image table, overlays, precision/recall against box_thresh.")
 def eval_command(
     checkpoint: str | None, data: str, annotations: str | None, format_name: str | None, pred_dir: str | None,
-    device: str, overrides: tuple[str, ...], as_json: bool, vis_dir: str | None, worst: int,
+    device: str, overrides: tuple[str, ...], as_json: bool, vis_dir: str | None, worst: int, report_dir: str | None,
 ) -> None:
     """Score CHECKPOINT on --data (or score prediction files given with --pred).
 
@@ -33,6 +34,8 @@ def eval_command(
 
     if bool(checkpoint) == bool(pred_dir):
         raise DbtkError("give a CHECKPOINT or --pred DIR (one of them)", hint="dbtk eval runs/x/checkpoints/best.safetensors --data data/val")
+    if report_dir and pred_dir:
+        raise DbtkError("--report needs a CHECKPOINT: it sweeps box_thresh over the model's scores", hint="dbtk eval MODEL --data DIR --report DIR")
     from dbtk.data.formats import open_split
 
     reader = open_split(data, annotations, format_name)
@@ -52,13 +55,24 @@ def eval_command(
             from dbtk import recipe as recipes
 
             detector.configure(recipes.with_overrides(detector.recipe, overrides))
+        box_thresh = detector.postprocess.box_thresh
+        if report_dir:  # every box with its score, for the report's box_thresh sweep; scored at box_thresh below
+            from dbtk import recipe as recipes
+
+            detector.configure(recipes.with_overrides(detector.recipe, ["postprocess.box_thresh=0"]))
         kept: dict = {}  # with --vis, every image's detections (polygons only): the worst are drawn without a second pass
 
         def keep(name: str, _image: object, found: object, _score: object) -> None:
             kept[name] = found
 
         with _ui.progress("evaluating", len(reader)) as advance:
-            result = evaluate_detector(detector, reader, advance, keep=keep if vis_dir else None)
+            result = evaluate_detector(detector, reader, advance, keep=keep if vis_dir or report_dir else None)
+        if report_dir:
+            from dbtk.infer.report import write_report
+
+            settings = {"data": data, "long side": detector.long_side, "thresh": detector.postprocess.thresh}
+            result, kept = write_report(Path(report_dir), reader, kept, result, box_thresh, checkpoint, settings)
+            _ui.step(f"report written to {Path(report_dir) / 'index.html'}")
         if vis_dir:
             _write_overlays(kept, reader, result, Path(vis_dir), worst)
 
