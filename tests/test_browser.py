@@ -119,11 +119,15 @@ def test_page_draws_what_the_api_answers(browser: Any, tmp_path: Path) -> None:
         assert tip.text == f"score {polygons[0][1]:.3f}"
         screenshot(browser, "serve-page.png")
 
-        browser.execute_script("const s = document.getElementById('box'); s.value = 0; s.dispatchEvent(new Event('input'));")
         everything = api(served, image.read_bytes(), "?box_thresh=0")
-        assert drawn(browser) == [[d["points"], d["score"]] for d in everything["detections"]]
-        assert len(everything["detections"]) > len(answer["detections"])
-        screenshot(browser, "serve-page-threshold-0.png")
+        scores = sorted(d["score"] for d in everything["detections"])
+        middle = round(scores[len(scores) // 2], 2)  # a threshold the slider can take, splitting the boxes
+        for threshold in (0, middle):
+            browser.execute_script(f"const s = document.getElementById('box'); s.value = {threshold}; s.dispatchEvent(new Event('input'));")
+            expected = api(served, image.read_bytes(), f"?box_thresh={threshold}")["detections"]
+            assert drawn(browser) == [[d["points"], d["score"]] for d in expected], threshold
+        assert len(everything["detections"]) > len(answer["detections"]) > 0
+        screenshot(browser, "serve-page-threshold-middle.png")
 
         browser.find_element(By.ID, "file").send_keys(str(REPO / "pyproject.toml"))  # not an image
         wait_for(lambda: "422" in browser.find_element(By.ID, "status").text, "the error line")

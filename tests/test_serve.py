@@ -286,13 +286,15 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(checkpoint: Path, tmp_pat
     assert "stopped: 6 requests answered" in "".join(served.stderr)
 
 
-def test_cli_errors_are_one_line(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_errors_are_one_line_and_check_exits(checkpoint: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         proc = run_dbtk("serve", str(checkpoint), "--port", str(taken.getsockname()[1]))
     assert proc.returncode == 2 and "error: cannot listen on 127.0.0.1:" in proc.stderr and "--port 0" in proc.stderr
     assert "loading" not in proc.stderr and "Traceback" not in proc.stderr  # refused before the model loads
+    ready = run_dbtk("serve", str(checkpoint), "--port", "0", "--device", "cpu", "--check")  # loads, binds, exits
+    assert ready.returncode == 0 and "ready" in ready.stdout and "serving" not in ready.stderr, ready.stderr
 
     import importlib.util
 

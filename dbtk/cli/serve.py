@@ -27,8 +27,9 @@ EXTRA = ("starlette", "uvicorn", "python_multipart")
 @click.option("--max-pixels", type=click.IntRange(1, 200_000_000), default=40_000_000, show_default=True, help="Largest image (width × height), checked before decoding.")
 @click.option("--timeout", type=FiniteFloatRange(0.1, 3600), default=30.0, show_default=True, help="Seconds a request may take, upload included (slow uploads get 408).")
 @click.option("--workers", type=click.IntRange(1, 64), default=4, show_default=True, help="Threads decoding and post-processing images.")
+@click.option("--check", is_flag=True, help="Bind the port, load the model, run one forward, then exit 0 instead of serving (a deployment check).")
 def serve(model: str, host: str, port: int, device: str, max_batch: int, max_wait_ms: float, max_queue: int,
-          max_upload_mb: float, max_pixels: int, timeout: float, workers: int) -> None:
+          max_upload_mb: float, max_pixels: int, timeout: float, workers: int, check: bool) -> None:
     """Serve MODEL (a checkpoint, a bundle or an .onnx export) over HTTP until Ctrl-C or SIGTERM.
 
     POST /v1/detect (image bytes or a multipart upload) answers the JSON of 'dbtk predict --format json';
@@ -60,10 +61,17 @@ def serve(model: str, host: str, port: int, device: str, max_batch: int, max_wai
     detector = Detector.load(model, device=device)
     limits = Limits(int(max_upload_mb * 2**20), max_pixels, max_queue, timeout, workers)
     app = create_app(detector, model, limits, max_batch, max_wait_ms / 1000)
-    listener.listen(2048)  # from here connections wait in the backlog while the app warms up, none is refused
     bound_host, bound_port = listener.getsockname()[:2]
-    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    _ui.step(f"serving {model} on http://{shown}:{bound_port} (Ctrl-C to stop)")
+    url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
+    if check:
+        from dbtk.serve.app import warm_up
+
+        warm_up(detector)
+        listener.close()
+        _ui.console().print(f"[green]✓[/] {model} loads and runs, and {url} can be served: ready")
+        return
+    listener.listen(2048)  # from here connections wait in the backlog while the app warms up, none is refused
+    _ui.step(f"serving {model} on {url} (Ctrl-C to stop)")
     if not run(app, listener, limits):
         raise DbtkError("the server did not start", hint="the messages above say why; add --debug before the command for details")
     service = app.state.service
