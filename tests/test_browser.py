@@ -8,6 +8,7 @@ where .ci/run installs them and a missing browser is a failure, not a silent ski
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -34,9 +35,7 @@ CHROMIUM_FLAGS = (
 
 
 def _missing() -> str | None:
-    try:
-        import selenium  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("selenium") is None:
         return "selenium is not installed (pip install -e '.[test]')"
     for names in (("chromium", "chromium-browser", "google-chrome"), ("chromedriver",)):
         if not any(shutil.which(name) for name in names):

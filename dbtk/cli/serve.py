@@ -80,6 +80,7 @@ def serve(model: str, host: str, port: int, device: str, max_batch: int, max_wai
 
 def _bind(host: str, port: int) -> socket.socket:
     """Bind (not yet listen) before the model loads: a taken port is an instant error, not one after a long load."""
+    import errno
     import socket
 
     from dbtk.errors import DbtkError
@@ -95,7 +96,11 @@ def _bind(host: str, port: int) -> socket.socket:
         listener.bind(address)
     except OSError as exc:
         listener.close()
-        raise DbtkError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                        hint="another program uses that port: pick another with --port, or --port 0 for a free one") from None
+        hints = {
+            errno.EADDRINUSE: "another program uses that port: pick another with --port, or --port 0 for a free one",
+            errno.EADDRNOTAVAIL: "--host must be an address of this machine: 127.0.0.1 (this machine only) or 0.0.0.0 (all)",
+            errno.EACCES: "ports below 1024 need privileges: use a port above 1023",
+        }
+        raise DbtkError(f"cannot listen on {host}:{port}: {exc.strerror}", hint=hints.get(exc.errno or 0)) from None
     return listener
 
