@@ -239,9 +239,13 @@ def test_hostile_requests_get_4xx_json_and_the_server_stays_healthy(server: Serv
 
 def test_slow_clients_get_408_and_a_full_queue_503(server: Served) -> None:
     """Six uploads that never finish fill the queue (6): the next request is refused at once with 503, and
-    after the 3 s request timeout each slow client gets 408 — then the server serves again."""
+    after the 3 s request timeout each slow client gets 408, and a client still sending its headers is
+    disconnected — then the server serves again."""
     head = b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n"
+    before = server.json("GET", "/healthz")[1]["requests"]["rejected"]
     slow = [socket.create_connection(("127.0.0.1", server.port), timeout=30) for _ in range(6)]
+    stalled = socket.create_connection(("127.0.0.1", server.port), timeout=30)  # never finishes its headers
+    stalled.sendall(head[:30])
     try:
         for sock in slow:
             sock.sendall(head + b"\xff\xd8" + b"\x00" * 10)
@@ -253,9 +257,13 @@ def test_slow_clients_get_408_and_a_full_queue_503(server: Served) -> None:
         assert (status, json.loads(body)["reason"]) == (503, "busy") and time.monotonic() - start < 2
         replies = [read_reply(sock) for sock in slow]
         assert [(status, body["reason"]) for status, body in replies] == [(408, "slow_upload")] * 6
+        stalled.settimeout(5)
+        assert stalled.recv(100) == b""  # closed: no request head within the timeout (no request, no answer)
     finally:
-        for sock in slow:
+        for sock in (*slow, stalled):
             sock.close()
+    rejected = server.json("GET", "/healthz")[1]["requests"]["rejected"]
+    assert {k: rejected[k] - before.get(k, 0) for k in ("busy", "slow_upload")} == {"busy": 1, "slow_upload": 6}
     assert server.json("POST", "/v1/detect", page(5), JPEG)[0] == 200
 
 
