@@ -38,6 +38,7 @@ COMMANDS: dict[str, str] = {
     "recipe": "dbtk.cli.recipe:recipe",
     "serve": "dbtk.cli.serve:serve",
     "train": "dbtk.cli.train:train",
+    "weights": "dbtk.cli.weights:weights",
 }
 
 

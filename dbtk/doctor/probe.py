@@ -339,18 +339,50 @@ def measure_probe(args: argparse.Namespace) -> Result:
     from dbtk import recipe as recipes
     from dbtk.engine.trainer import Trainer
 
+    from dbtk.io.checkpoint import without_pretrained
+
     recipe = _on_synthetic_images(recipes.load(args.recipe, args.overrides))
+    _stage("looking for the encoder's pretrained weights")
+    weights = pretrained_weights(recipe)
+    recipe = without_pretrained(recipe)  # the step takes as long from random weights, and the doctor never downloads
     train = recipe.train
     with tempfile.TemporaryDirectory() as folder:  # the run folder: nothing is written there without Trainer.run
         _stage("building the trainer (and initialising CUDA)")
         trainer = Trainer(recipe, Path(folder))
         _stage(f"measuring training steps on the {_where(trainer)}")
-        out: Result = {"device": trainer.device.type, "batch_size": train.batch_size, "accumulate": train.accumulate, "precision": train.precision}
+        out: Result = {"device": trainer.device.type, "batch_size": train.batch_size, "accumulate": train.accumulate, "precision": train.precision,
+                       "weights": weights}
         if trainer.device.type == "cuda":
             out.update(_memory_fit(trainer))
         else:
             out["seconds_per_step"] = _seconds_per_step(trainer)
     return out
+
+
+def pretrained_weights(recipe: Recipe) -> Result:
+    """Whether the built-in timm encoder's ``pretrained`` weights load without a network: none asked for, a local
+    file (present or not), or published weights (cached as safetensors, cached as a pickle only, or missing, and
+    whether the hub may be reached). Reads the cache only: nothing is downloaded."""
+    import inspect
+
+    from dbtk.errors import DbtkError
+    from dbtk.models import weights as hub
+    from dbtk.models.encoders import TimmEncoder
+
+    encoder = recipe.model.encoder
+    pretrained = encoder.params.get("pretrained")
+    if not pretrained or encoder.name.rpartition(":")[2] != "timm":
+        return {"source": "none"}
+    arch = encoder.params.get("arch", inspect.signature(TimmEncoder).parameters["arch"].default)
+    try:
+        source = hub.pretrained_source(arch, pretrained)
+    except DbtkError as exc:
+        return {"source": "error", "message": exc.message, "hint": exc.hint or ""}
+    if isinstance(source, Path):
+        return {"source": "file", "path": str(source), "available": source.is_file()}
+    pickled = source.pickled()
+    return {"source": "hub", "tag": source.tag, "cache": str(hub.hub_cache()), "available": source.cached() is not None,
+            "pickled": str(pickled) if pickled else None, "offline": hub.offline()}
 
 
 def _where(trainer: Trainer) -> str:

@@ -438,7 +438,12 @@ def _probe_failure(check: str, probe_name: str, result: dict[str, Any]) -> Findi
 
 
 def recipe_findings(measure: dict[str, Any]) -> list[Finding]:
-    """Advice from measuring the recipe's model at its batch and image size (see probes.measure_recipe)."""
+    """Advice from measuring the recipe's model at its batch and image size (see probes.measure_recipe), then
+    whether its pretrained weights are available offline (the probe looks before it measures)."""
+    return _measure_findings(measure) + weights_findings(measure.get("weights", {"source": "none"}))
+
+
+def _measure_findings(measure: dict[str, Any]) -> list[Finding]:
     failure = _probe_failure("recipe", "measure", measure)
     if failure:
         return [failure]
@@ -468,6 +473,31 @@ def recipe_findings(measure: dict[str, Any]) -> list[Finding]:
         findings.append(Finding("recipe precision", WARN, "the recipe asks for bf16, which this GPU only emulates (compute < 8.0): convolutions run without cuDNN, several times slower",
                                 "set train.precision = 'fp32' (or 'fp16')"))
     return findings
+
+
+def weights_findings(weights: dict[str, Any]) -> list[Finding]:
+    """Whether the encoder's pretrained weights are available offline (see probe.pretrained_weights): a compute
+    node without a network must find them in the hub cache, or training fails at its first line."""
+    check, source = "recipe weights", weights["source"]
+    if source == "none":
+        return []
+    if source == "error":
+        return [Finding(check, FAIL, weights["message"], weights["hint"])]
+    if source == "file":
+        if weights["available"]:
+            return [Finding(check, OK, f"local file {weights['path']}")]
+        return [Finding(check, FAIL, f"weights file not found: {weights['path']}", "point model.encoder.pretrained at an existing file")]
+    tag, cache = weights["tag"], weights["cache"]
+    if weights["available"]:
+        return [Finding(check, OK, f"{tag} is cached in {cache}: available offline")]
+    if weights["pickled"]:
+        return [Finding(check, FAIL, f"{tag} is cached as a pickle only ({weights['pickled']}), which dbtk never loads",
+                        f"dbtk weights import {weights['pickled']} --tag {tag}")]
+    if weights["offline"]:
+        return [Finding(check, FAIL, f"{tag} is not in {cache} and HF_HUB_OFFLINE is set: training stops at its first line",
+                        f"dbtk weights fetch {tag} where the hub can be reached (same HF_HOME), then copy the cache")]
+    return [Finding(check, WARN, f"{tag} is not in {cache}: not available offline; training downloads it first",
+                    f"dbtk weights fetch {tag} (on a login node when compute nodes have no network)")]
 
 
 def run_findings(run: dict[str, Any], cpus: int | None = None) -> list[Finding]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -17,9 +18,11 @@ DB_STRIDES = (4, 8, 16, 32)
 class TimmEncoder(nn.Module):
     """Any timm model with ``features_only=True``; exposes ``channels`` and ``strides`` for the decoder.
 
-    ``pretrained`` is false or a path to a local weights file (safetensors or a timm/torch checkpoint loaded with
-    ``weights_only=True``); nothing is ever downloaded. ``out_indices`` defaults to the deepest feature at each of
-    the strides 4, 8, 16 and 32, which works for ResNets, MobileNets, EfficientNets and ConvNeXts alike.
+    ``pretrained`` is false; true (timm's default published weights for ``arch``); a timm pretrained tag
+    (``"resnet18.a1_in1k"``), loaded from the Hugging Face hub cache and downloaded into it only when missing and
+    online (:mod:`dbtk.models.weights`); or a path to a local weights file (safetensors, or a timm/torch checkpoint
+    loaded with ``weights_only=True``). ``out_indices`` defaults to the deepest feature at each of the strides 4,
+    8, 16 and 32, which works for ResNets, MobileNets, EfficientNets and ConvNeXts alike.
     """
 
     def __init__(
@@ -34,14 +37,15 @@ class TimmEncoder(nn.Module):
         super().__init__()
         import timm
 
-        if pretrained is True:
-            raise DbtkError(
-                "pretrained = true would download weights; dbtk never downloads",
-                hint="set pretrained to the path of a local weights file (e.g. resnet18.safetensors), or to false",
-            )
+        from dbtk.models import weights
+
         kwargs = {"drop_path_rate": drop_path_rate} if drop_path_rate else {}
         try:
-            self.body = timm.create_model(arch, pretrained=False, features_only=True, **kwargs)
+            source = weights.pretrained_source(arch, pretrained)
+            if isinstance(source, weights.HubWeights):  # timm loads them, as timm.create_model(pretrained=True) would
+                self.body = weights.create_features(source.tag, weights.locate(source), **kwargs)
+            else:
+                self.body = timm.create_model(arch, pretrained=False, features_only=True, **kwargs)
         except RuntimeError as exc:
             if "Unknown model" not in str(exc):
                 raise
@@ -60,12 +64,10 @@ class TimmEncoder(nn.Module):
             raise DbtkError(f"out_indices {list(self.out_indices)} out of range for '{arch}' ({len(reductions)} feature levels)")
         self.channels = [all_channels[i] for i in self.out_indices]
         self.strides = [reductions[i] for i in self.out_indices]
-        if pretrained:
-            from dbtk.models.weights import load_matching, read_state_dict
-
-            loaded, expected = load_matching(self.body, read_state_dict(pretrained), str(pretrained))
+        if isinstance(source, Path):
+            loaded, expected = weights.load_matching(self.body, weights.read_state_dict(source), str(source))
             if loaded < expected:
-                warnings.warn(f"{pretrained}: loaded {loaded} of {expected} encoder tensors", stacklevel=2)
+                warnings.warn(f"{source}: loaded {loaded} of {expected} encoder tensors", stacklevel=2)
         if frozen_bn:
             from timm.layers import freeze_batch_norm_2d
 
