@@ -241,6 +241,16 @@ class Postprocess:
 class Eval:
     long_side: int = _field(1024, "inference resize: longest image side in pixels", multiple_of(32, MAX_SIDE))
     batch_size: int = _field(1, "images per inference batch", between(1, MAX_BATCH))
+    tile: int = _field(
+        0, "tiled inference (0 = off): pages scaled by tile_scale, not resized to long_side, in overlapping tiles of this side whose probability maps are stitched before post-processing",
+        multiple_of(32, MAX_SIDE, allow_zero=True),
+    )
+    tile_overlap: int = _field(128, "pixels neighbouring tiles share (at most half of tile): a tile's border effects fall inside its neighbour", between(0, MAX_SIDE))
+    tile_scale: float = _field(1.0, "with tile: the page's scale before tiling (1 = native; the scale the model saw its text at in training)", positive(8.0))
+
+    def __attrs_post_init__(self) -> None:
+        if self.tile and self.tile_overlap > self.tile // 2:
+            raise FieldError("tile_overlap", f"must be at most half of tile ({self.tile}), got {self.tile_overlap}", ("tile",))
 
 
 @attrs.define

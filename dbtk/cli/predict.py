@@ -5,6 +5,13 @@ from __future__ import annotations
 import click
 
 
+def _tile_side(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
+    """``--tile`` feeds ``eval.tile``: refuse here, as a usage error, what the recipe would refuse."""
+    if value is not None and value % 32:
+        raise click.BadParameter(f"{value} is not a multiple of 32 (0 turns tiling off)")
+    return value
+
+
 @click.command()
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
@@ -14,7 +21,14 @@ import click
 @click.option("--vis", is_flag=True, help="Also write NAME_vis.jpg overlays.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=None, help="Images per forward pass (default: the recipe's eval.batch_size).")
-def predict(checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: str, vis: bool, device: str, batch_size: int | None) -> None:
+@click.option("--tile", type=click.IntRange(0, 8192), default=None, callback=_tile_side, metavar="PX",
+              help="Detect in overlapping tiles of PX (a multiple of 32, e.g. 1024) stitched into one page, at the recipe's "
+                   "eval.tile_scale (native scale by default) instead of resizing: small text on large scans. 0 = off "
+                   "(default: the recipe's eval.tile).")
+def predict(
+    checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: str, vis: bool, device: str, batch_size: int | None,
+    tile: int | None,
+) -> None:
     """Detect text in IMAGES (files, folders or globs) with CHECKPOINT.
 
     The model is loaded once; images that cannot be read are reported and skipped.
@@ -37,6 +51,11 @@ def predict(checkpoint: str, images: tuple[str, ...], out_dir: str, out_format: 
     from dbtk.infer.evaluate import detections_json, draw_overlay, icdar_lines, receipt_words, write_json
 
     detector = Detector.load(checkpoint, device=device)
+    if tile is not None:
+        from dbtk import recipe as recipes
+
+        overlap = min(detector.recipe.eval.tile_overlap, tile // 2)  # the recipe's overlap, as far as the tile allows
+        detector.configure(recipes.with_overrides(detector.recipe, [f"eval.tile={tile}", f"eval.tile_overlap={overlap}"]))
     receipt: dict = {}
     failed = 0
     with _ui.progress("predicting", len(paths)) as advance:

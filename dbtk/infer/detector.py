@@ -4,6 +4,13 @@ Validation during training, ``dbtk eval``, ``dbtk predict`` and exported models 
 :meth:`Detector.detect_stream` (``detect_arrays`` for lists), so they resize, batch and post-process
 identically. The network itself is a *runtime* — torch (checkpoints and bundles) or onnxruntime (``.onnx``
 exports) — behind one small interface, so the ONNX path never imports torch. Nothing is written to disk.
+
+Pages too large for one pass (``eval.tile``) go through the same method: at native scale (or ``eval.tile_scale``),
+cut into overlapping tiles that are forwarded ``batch_size`` at a time, their probability maps stitched into one
+page map (the maximum where tiles overlap) and post-processed once. A line crossing a tile border is one region of
+the page map, so it comes out whole and once — no duplicate boxes to merge, no cut lines — and memory is bounded by
+one float32 page map (and the scaled page, when ``tile_scale`` is not 1) plus one batch of tiles, whatever the page
+size.
 """
 
 from __future__ import annotations
@@ -44,7 +51,7 @@ class Runtime(Protocol):
 class Prepared:
     """One image resized for the network, and how to map its outputs back."""
 
-    tensor: np.ndarray  # h × w × 3 uint8, resized (not padded)
+    tensor: np.ndarray  # h × w × 3 uint8: the image resized (not padded), or one tile of the scaled page
     scale: tuple[float, float]  # original / resized, for x and y
     original: tuple[int, int]  # (width, height)
 
@@ -79,6 +86,21 @@ def as_rgb_array(image: Any) -> np.ndarray:
     raise TypeError(f"cannot read an image from {type(image).__name__}")
 
 
+def tile_windows(width: int, height: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` of the tiles covering a page, row by row, neighbours sharing at least ``overlap`` px.
+
+    Tiles start every ``tile - overlap`` px and the last of a row or column ends at the page's edge, so every tile
+    lies inside the page (none is padded) unless the page is smaller than a tile along that side.
+    """
+
+    def starts(length: int) -> list[int]:
+        if length <= tile:
+            return [0]
+        return [*range(0, length - tile, tile - overlap), length - tile]
+
+    return [(x, y, min(x + tile, width), min(y + tile, height)) for y in starts(height) for x in starts(width)]
+
+
 class Detector:
     """A DBNet detector ready for inference: ``detector(images) -> list[Detections]``.
 
@@ -96,8 +118,17 @@ class Detector:
         self.postprocess = recipe.postprocess
         self.long_side = recipe.eval.long_side
         self.batch_size = recipe.eval.batch_size
-        if self.runtime.input_size is not None:  # a static export: resize into its fixed input
+        self.tile, self.tile_overlap, self.tile_scale = recipe.eval.tile, recipe.eval.tile_overlap, recipe.eval.tile_scale
+        if self.runtime.input_size is not None:  # a static export: resize (or tile) into its fixed input
             self.long_side = min(self.runtime.input_size)
+            if self.tile:
+                self.tile = min(self.tile, self.long_side)
+                self.tile_overlap = min(self.tile_overlap, self.tile // 2)
+
+    def input_scale(self, width: int, height: int) -> float:
+        """Network pixels per image pixel for a ``width`` × ``height`` image: ``tile_scale`` when tiling, else the
+        resize to ``long_side`` — what text heights are multiplied by before the network sees them."""
+        return self.tile_scale if self.tile else self.long_side / max(width, height)
 
     @classmethod
     def load(cls, path: str | Path, device: str = "auto") -> Detector:
@@ -166,8 +197,15 @@ class Detector:
         equal go through the network together, ``batch_size`` at a time (default: the recipe's
         ``eval.batch_size``). Only equal sizes share a batch, so no image is padded by another and the results
         equal one-at-a-time inference. A static-shape export pads every image to its fixed input anyway.
+
+        With ``eval.tile`` set, each image is detected from stitched tiles (:meth:`_tiled`), one image at a time,
+        its tiles ``batch_size`` at a time.
         """
         batch_size = batch_size or self.batch_size
+        if self.tile:
+            for key, image in items:
+                yield key, image, self._tiled(image, batch_size)
+            return
         iterator = iter(items)
         while True:
             window = list(itertools.islice(iterator, batch_size * WINDOW))
@@ -187,3 +225,34 @@ class Detector:
                         found[index] = boxes_from_map(prob, self.postprocess, item.scale, item.original)
             for index, (key, image) in enumerate(window):
                 yield key, image, found[index]
+
+    def _tiled(self, original: np.ndarray, batch_size: int) -> Detections:
+        """Detections of one image scaled by ``tile_scale``, from the maximum of its tiles' probability maps.
+
+        The maximum keeps each pixel's most confident view: near a tile's border the network lacks context and
+        answers low, while the neighbouring tile sees the same pixels well inside it. Tiles of a side shorter than
+        ``tile`` are zero-padded up to a multiple of :data:`STRIDE`, as :meth:`stack` pads a batch.
+        """
+        image = original
+        if self.tile_scale != 1.0:
+            import cv2
+
+            interpolation = cv2.INTER_AREA if self.tile_scale < 1 else cv2.INTER_LINEAR
+            size = tuple(max(1, round(side * self.tile_scale)) for side in (original.shape[1], original.shape[0]))
+            image = cv2.resize(original, size, interpolation=interpolation)
+        height, width = image.shape[:2]
+        scale, size = (original.shape[1] / width, original.shape[0] / height), (original.shape[1], original.shape[0])
+        tile_h, tile_w = (min(self.tile, -(-side // STRIDE) * STRIDE) for side in (height, width))
+        page = np.zeros((height, width), dtype=np.float32)
+        windows = tile_windows(width, height, self.tile, self.tile_overlap)
+        for start in range(0, len(windows), batch_size):
+            chunk = windows[start : start + batch_size]
+            batch = []
+            for x0, y0, x1, y1 in chunk:
+                tensor = np.zeros((tile_h, tile_w, 3), dtype=np.uint8)
+                tensor[: y1 - y0, : x1 - x0] = image[y0:y1, x0:x1]
+                batch.append(Prepared(tensor, scale, size))
+            for (x0, y0, x1, y1), prob in zip(chunk, self.probability_maps(batch), strict=True):
+                region = page[y0:y1, x0:x1]
+                np.maximum(region, prob[: y1 - y0, : x1 - x0], out=region)
+        return boxes_from_map(page, self.postprocess, scale, size)
