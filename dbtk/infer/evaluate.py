@@ -1,4 +1,9 @@
-"""Evaluation loops shared by ``dbtk eval`` and validation during training, plus overlays and prediction files."""
+"""Evaluation loops shared by ``dbtk eval`` and validation during training, plus overlays and prediction files.
+
+An evaluation with a model also says, in one line, why it may have found nothing (:func:`diagnose`): text far
+smaller or larger at the eval size than at the training scale (→ ``eval.long_side`` or ``eval.tile``), or a near-zero
+score at the right scale (→ the post-processing thresholds), with the numbers it measured.
+"""
 
 from __future__ import annotations
 
@@ -20,9 +25,35 @@ from dbtk.data.reader import Problem, Reader
 from dbtk.errors import DbtkError
 from dbtk.infer.metrics import ImageScore, Summary, evaluate_image, summarize
 from dbtk.infer.postprocess import Detections
+from dbtk.recipe import MAX_SIDE
 
 if TYPE_CHECKING:
     from dbtk.infer.detector import Detector
+
+#: An hmean below this "found nothing": the diagnosis then always names a setting to try.
+NEAR_ZERO = 0.1
+#: Text more than this factor outside the training range of heights is too far from what the model saw: DBNet
+#: copes with the random scales it trained on, and not much beyond.
+SCALE_TOLERANCE = 1.5
+#: The tile side the diagnosis suggests (about the docs recipe's eval size: one tile's forward costs about one page's).
+SUGGESTED_TILE = 1024
+#: Above this eval long side the diagnosis suggests tiling instead, when native scale suits the model: one pass over
+#: a larger page holds the network's activations for all of it at once, tiles only for a batch of tiles.
+TILE_ABOVE = 2048
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """Why an evaluation scored (or may score) near nothing: one message naming the setting to change, and the
+    numbers behind it — median text heights in network pixels, at the eval size and at the training scale."""
+
+    message: str
+    setting: str  # the recipe key to change, e.g. "eval.long_side"
+    text_height: float  # median care text height as the network saw it in this evaluation
+    trained_on: tuple[float, float]  # the same text's median height at the smallest and largest training scale
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"message": self.message, "setting": self.setting, "text_height": self.text_height, "trained_on": list(self.trained_on)}
 
 
 @dataclass
@@ -33,6 +64,7 @@ class EvalResult:
     problems: list[Problem] = field(default_factory=list)  # reader problems, skipped images, missing predictions
     repairs: Counter = field(default_factory=Counter)  # ground-truth polygons changed or dropped, by reason
     skipped: Counter = field(default_factory=Counter)  # images left out of the score, by reason
+    diagnosis: Diagnosis | None = None  # set by evaluate_detector when the scale or the score looks wrong
 
     def worst(self, count: int = 5) -> list[ImageScore]:
         return sorted(self.images, key=lambda s: (s.hmean, -(len(s.missed) + len(s.false_positives))))[:count]
@@ -51,6 +83,7 @@ class EvalResult:
             "skipped_images": dict(sorted(self.skipped.items())),
             "repaired_polygons": dict(sorted(self.repairs.items())),
             "problems": [{"where": p.where(), "reason": p.reason, "detail": p.detail} for p in self.problems],
+            "diagnosis": self.diagnosis.as_dict() if self.diagnosis else None,
         }
 
 
@@ -94,9 +127,14 @@ def evaluate_detector(
     on_image: Callable[[], None] | None = None,
     keep: Callable[[str, np.ndarray, Detections, ImageScore], None] | None = None,
 ) -> EvalResult:
-    """Run the detector over a split and score it; images that cannot be used are counted, never fatal."""
+    """Run the detector over a split and score it; images that cannot be used are counted, never fatal.
+
+    The care ground truth's text heights are measured on the way (at the eval size and at the training scale) for
+    :func:`diagnose`, whose finding, if any, is ``result.diagnosis``.
+    """
     result = EvalResult(summarize([]), [], 0.0, list(reader.problems))
     start = time.perf_counter()
+    lines: list[np.ndarray] = []  # per image: (native height, network px per image px, image long side) per care line
 
     def usable() -> Iterator[tuple[Scored, np.ndarray]]:
         for item in scored_samples(reader, result):
@@ -108,12 +146,84 @@ def evaluate_detector(
     for item, image, detections in detector.detect_stream(usable()):  # batched: eval.batch_size
         score = evaluate_image(item.labels.polygons, item.labels.ignore, detections.polygons, name=item.name)
         result.images.append(score)
+        heights = text_heights([p for p, ignore in zip(item.labels.polygons, item.labels.ignore, strict=True) if not ignore])
+        height, width = image.shape[:2]
+        per_image = (detector.input_scale(width, height), max(width, height))
+        lines.append(np.column_stack([heights, *(np.full_like(heights, value) for value in per_image)]))
         if keep:
             keep(item.name, image, detections, score)
         if on_image:
             on_image()
     result.summary, result.seconds = summarize(result.images), time.perf_counter() - start
+    if lines:
+        result.diagnosis = diagnose(detector, result.summary, np.concatenate(lines))
     return result
+
+
+def text_heights(polygons: Sequence[np.ndarray]) -> np.ndarray:
+    """The height of each text polygon, straight or curved: the width ``h`` of the band of length ``L`` with the
+    polygon's area ``A = L·h`` and perimeter ``P = 2(L + h)``, i.e. ``h = P/4 − √(P²/16 − A)``.
+
+    For a rectangle that is its short side (the minimum-area box's short side of a straight line); for an arc-shaped
+    band (a curved line) it is the band's thickness, which the short side of its box is not.
+    """
+    heights = np.zeros(len(polygons))
+    for index, points in enumerate(polygons):
+        points = np.asarray(points, dtype=np.float64)
+        x, y = points[:, 0], points[:, 1]
+        area = 0.5 * abs(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+        quarter = np.linalg.norm(points - np.roll(points, -1, axis=0), axis=1).sum() / 4
+        heights[index] = quarter - np.sqrt(max(quarter * quarter - area, 0.0))
+    return heights
+
+
+def diagnose(detector: Detector, summary: Summary, lines: np.ndarray) -> Diagnosis | None:
+    """One finding, or None: text far from the training scale first (the usual reason a fine-tuned model "finds
+    nothing"), then a near-zero score at the right scale (the thresholds, or boxes that never overlap the labels).
+
+    ``lines`` holds one row per care ground-truth line: its native height (:func:`text_heights`), the network pixels
+    per image pixel of its image in this evaluation, and its image's long side. What the model trained on is the
+    same text under the recipe's data settings — crops at native scale, or pages resized to ``data.image_size``,
+    times ``data.scale_min``–``scale_max``: a model evaluated on data like its own should see text of those heights.
+    """
+    if not len(lines):
+        return None
+    native, scale, side = lines.T
+    data, post = detector.recipe.data, detector.postprocess
+    low_factor, high_factor = (data.scale_min, data.scale_max) if data.augment else (1.0, 1.0)
+    at_training = float(np.median(native * (1.0 if data.crop else data.image_size / side)))
+    low, high = at_training * low_factor, at_training * high_factor
+    height = float(np.median(native * scale))
+    found = {"text_height": round(height, 1), "trained_on": (round(low, 1), round(high, 1))}
+    how = f"{data.crop} px crops at native scale" if data.crop else f"pages resized to data.image_size = {data.image_size}"
+    at = (f"at eval.tile_scale = {detector.tile_scale:g} (eval.tile = {detector.tile})" if detector.tile
+          else f"after the resize to eval.long_side = {detector.long_side}")
+    measured = (f"the text is {height:.1f} px high (median of {len(native)} lines) {at}, the model trained on "
+                f"{low:.1f}–{high:.1f} px ({how} × {low_factor:g}–{high_factor:g})")
+    if height < low / SCALE_TOLERANCE or height > high * SCALE_TOLERANCE:
+        wanted = float(np.sqrt(low * high))  # the middle of the training range, on a log scale
+        at_native = float(np.median(native))
+        native_fits = low / SCALE_TOLERANCE <= at_native <= high * SCALE_TOLERANCE
+        tile_scale = 1.0 if native_fits else min(max(round(wanted / at_native, 2), 0.01), 8.0)
+        tiled = f"eval.tile_scale = {tile_scale:g}, where it is {at_native * tile_scale:.1f} px"
+        if detector.tile:
+            return Diagnosis(f"{measured}: set {tiled}", "eval.tile_scale", **found)
+        long_side = float(np.median(side * wanted / np.maximum(native, 1e-6)))  # puts the median line at `wanted`
+        long_side = int(min(max(round(long_side / 32) * 32, 32), MAX_SIDE))
+        if long_side > TILE_ABOVE:
+            command = f" (dbtk predict --tile {SUGGESTED_TILE})" if native_fits else ""
+            return Diagnosis(f"{measured}: tile instead, at {tiled}: eval.tile = {SUGGESTED_TILE}{command}", "eval.tile", **found)
+        return Diagnosis(f"{measured}: set eval.long_side = {long_side}", "eval.long_side", **found)
+    if summary.hmean >= NEAR_ZERO:
+        return None
+    scored = f"hmean {summary.hmean:.3f} with {summary.det_care} boxes for {summary.gt_care} lines"
+    right = f"at a text height the model trained on ({height:.1f} px; {low:.1f}–{high:.1f})"
+    if summary.det_care < summary.gt_care / 2:
+        return Diagnosis(f"{scored}, {right}: lower postprocess.box_thresh ({post.box_thresh:g}) or postprocess.thresh ({post.thresh:g})",
+                         "postprocess.box_thresh", **found)
+    return Diagnosis(f"{scored}, of which {summary.matched} overlap a line by IoU > 0.5, {right}: check postprocess.unclip_ratio "
+                     f"({post.unclip_ratio:g}; boxes too small or too large) and that the labels fit the images (dbtk clean-data --check)",
+                     "postprocess.unclip_ratio", **found)
 
 
 def evaluate_folder(pred_dir: Path, reader: Reader, on_image: Callable[[], None] | None = None) -> EvalResult:
