@@ -10,6 +10,10 @@ produces), the dilated region (inside or < D away: the round-join offset by +D) 
 no polygon offsetting (pyclipper) and no per-pixel Python is needed. The field is built by broadcasting a row
 of x and a column of y against per-edge constants, in cache-sized buffers.
 
+Any number of points: a curved line's polygon (2 × N points along its edges, as Total-Text, CTW1500 and the
+synthetic reader's ``curved`` lines have) gets a kernel and a border band that follow the curve, because both come
+from distances to its edges (tests/test_curved.py).
+
 Coordinates follow the OpenCV / DBNet convention: pixel (i, j) has its centre at (x=j, y=i).
 """
 

@@ -12,6 +12,10 @@ short side under ``min_size``), with the expensive part moved out of Python:
 - contours are then traced once, for the kept regions only;
 - unclipping a box is exact arithmetic: offsetting a rectangle by d with round joins and taking the minimum-area
   rectangle again grows both sides by 2d.
+
+With ``polygon = true`` each region's contour is simplified and unclipped as a polygon, so a curved line comes
+out as a polygon along its curve, and it is always scored inside its contour: the minimum-area box of a curved
+line is mostly background, and the ``fast`` box mean would drop it at any useful ``box_thresh``.
 """
 
 from __future__ import annotations
@@ -65,7 +69,7 @@ def boxes_from_map(
         rect = cv2.minAreaRect(contour)
         if min(rect[1]) < config.min_size:
             continue
-        if config.score_mode == "fast":
+        if config.score_mode == "fast" and not config.polygon:
             score = _mean_inside(prob, cv2.boxPoints(rect))
         else:
             score = _mean_inside(prob, contour.reshape(-1, 2))
