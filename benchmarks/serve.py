@@ -1,12 +1,15 @@
 """``dbtk serve`` under load on localhost: micro-batched serving against sequential ``Detector`` calls.
 
-In one run: (1) the sequential baseline — decode and detect each request's image one at a time with one
-``Detector`` in this process, what a one-request-at-a-time service does (run before and after the servers, the
-faster of the two counts); (2) ``dbtk serve`` in a subprocess, micro-batched (its defaults) and then with
-``--max-batch 1`` (the same server, one image per forward), each warmed up with one short burst, then CLIENTS
-threads × REQUESTS each over keep-alive connections, POSTing the same JPEG bytes: requests/s, p50/p99 latency,
-errors, the server's resident memory before and after the timed run, its mean batch size from ``/healthz``, and
-its exit code after SIGTERM (must be 0). Bounded: CLIENTS × REQUESTS requests per server, each with a timeout, to
+In one run, in interleaved rounds (so that whatever else runs on the machine slows all three alike): (1) the
+sequential baseline — one ``Detector`` in this process decoding and detecting each request's image one at a time,
+what a one-request-at-a-time service does; (2) ``dbtk serve`` in a subprocess, micro-batched (its defaults), and
+(3) the same server with ``--max-batch 1`` (one image per forward). Each server is warmed up with one short burst;
+each round sends CLIENTS threads × REQUESTS/ROUNDS requests over keep-alive connections to each server, POSTing the
+same JPEG bytes, and 4 × REQUESTS/ROUNDS sequential calls. Reported: requests/s, p50/p99 latency, errors, each
+server's resident memory after its warm-up and after the last round, its mean batch size from ``/healthz``, and
+its exit code after SIGTERM (must be 0), and CPU milliseconds per request (the server process's user + system
+time; the baseline's, in this process): unlike requests/s, CPU per request hardly moves when other jobs share
+the machine. Bounded: CLIENTS × REQUESTS requests per server, each with a timeout, to
 127.0.0.1 only. Exit 1 on any error, a non-zero exit or memory growth over 10%. Default model: the tiny test model (resnet18,
 32-channel FPN, long side 128, random weights: latency does not depend on the values). Linux only (reads
 /proc for memory).
@@ -76,18 +79,21 @@ def rss_mib(pid: int) -> float:
     return int(match.group(1)) / 1024
 
 
-def sequential(model: Path, data: bytes, count: int) -> float:
-    """Requests/s of one Detector answering one decoded image at a time (decode included, as the server does)."""
-    from dbtk.data.images import decode_image
-    from dbtk.infer.detector import Detector
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    detector = Detector.load(model, device="cpu")
-    for _ in range(3):  # warm-up, as the server warms up
-        detector.detect_arrays([decode_image(data).image])
-    start = time.perf_counter()
+
+def sequential(detector, data: bytes, count: int) -> tuple[float, float]:  # noqa: ANN001 - a dbtk Detector
+    """Wall and CPU seconds for one Detector to answer COUNT requests one at a time (decode included, as the
+    server does)."""
+    from dbtk.data.images import decode_image
+
+    start, cpu = time.perf_counter(), cpu_seconds(os.getpid())
     for _ in range(count):
         detector.detect_arrays([decode_image(data).image])
-    return count / (time.perf_counter() - start)
+    return time.perf_counter() - start, cpu_seconds(os.getpid()) - cpu
 
 
 def load(port: int, data: bytes, clients: int, requests: int) -> tuple[list[float], list[str], float]:
@@ -131,32 +137,45 @@ def get_json(port: int, path: str) -> dict:
     return json.loads(connection.getresponse().read())
 
 
-def serve_run(model: Path, data: bytes, clients: int, requests: int, options: list[str]) -> dict:
-    """Start dbtk serve, warm it up, time the load, read its memory and /healthz, stop it with SIGTERM."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "dbtk", "serve", str(model), "--port", "0", "--device", "cpu", *options],
-        stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        port = 0
-        assert server.stderr is not None
-        for line in server.stderr:
+class Served:
+    """A running ``dbtk serve`` subprocess, warmed up; its latencies, errors and timed seconds accumulate."""
+
+    def __init__(self, model: Path, data: bytes, clients: int, options: list[str]) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dbtk", "serve", str(model), "--port", "0", "--device", "cpu", *options],
+            stderr=subprocess.PIPE, text=True,
+        )
+        self.port = 0
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
             found = re.search(r"http://127\.0\.0\.1:(\d+)", line)
             if found:
-                port = int(found.group(1))
+                self.port = int(found.group(1))
                 break
-        if not port:
-            raise SystemExit(f"dbtk serve did not start (exit {server.wait()})")
-        load(port, data, clients, 5)  # warm-up burst: threads, buffers and batch shapes exist before we measure
-        before = rss_mib(server.pid)
-        latencies, errors, seconds = load(port, data, clients, requests)
-        after = rss_mib(server.pid)
-        health = get_json(port, "/healthz")
-    finally:
-        server.send_signal(signal.SIGTERM)
-        code = server.wait(timeout=60)
-    return {"rps": len(latencies) / seconds, "p50": statistics.median(latencies), "p99": float(np.percentile(latencies, 99)),
-            "errors": errors, "before": before, "after": after, "mean_batch": health["batches"]["mean_size"], "code": code}
+        if not self.port:
+            raise SystemExit(f"dbtk serve did not start (exit {self.process.wait()})")
+        load(self.port, data, clients, 5)  # warm-up burst: threads, buffers and batch shapes exist before we measure
+        self.before = rss_mib(self.process.pid)
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self.seconds = self.cpu = 0.0
+
+    def round(self, data: bytes, clients: int, requests: int) -> None:
+        cpu = cpu_seconds(self.process.pid)
+        latencies, errors, seconds = load(self.port, data, clients, requests)
+        self.cpu += cpu_seconds(self.process.pid) - cpu
+        self.latencies += latencies
+        self.errors += errors
+        self.seconds += seconds
+
+    def stop(self) -> dict:
+        after = rss_mib(self.process.pid)
+        health = get_json(self.port, "/healthz")
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=60)
+        return {"rps": len(self.latencies) / self.seconds, "cpu_ms": 1000 * self.cpu / len(self.latencies), "p50": statistics.median(self.latencies),
+                "p99": float(np.percentile(self.latencies, 99)), "errors": self.errors, "before": self.before,
+                "after": after, "mean_batch": health["batches"]["mean_size"], "code": code}
 
 
 def main() -> None:
@@ -165,34 +184,49 @@ def main() -> None:
     parser.add_argument("--long-side", type=int, default=128, help="inference size of the default model")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--requests", type=int, default=50, help="per client")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the requests are split into")
     parser.add_argument("--size", type=int, nargs=2, default=(640, 480), metavar=("W", "H"), help="image size")
     parser.add_argument("--serve-args", default="", help="extra dbtk serve options, e.g. '--max-wait-ms 0'")
     parser.add_argument("--markdown", action="store_true")
     args = parser.parse_args()
 
+    from dbtk.data.images import decode_image
+    from dbtk.infer.detector import Detector
+
+    load_before = f"{os.getloadavg()[0]:.1f}"  # other work on the machine moves every number here
     with tempfile.TemporaryDirectory() as folder:
         model = Path(args.model) if args.model else tiny_model(Path(folder), args.long_side)
         data = page_jpeg(*args.size)
-        count = min(args.clients * args.requests, 200)
-        first = sequential(model, data, count)
+        detector = Detector.load(model, device="cpu")
+        for _ in range(3):  # warm-up, as the servers warm up
+            detector.detect_arrays([decode_image(data).image])
         options = args.serve_args.split()
-        batched = serve_run(model, data, args.clients, args.requests, options)
-        single = serve_run(model, data, args.clients, args.requests, [*options, "--max-batch", "1"])
-        # the better of before and after: other load on the machine slows one of them, and the speed-up must
-        # not profit from that
-        baseline = max(first, sequential(model, data, count))
+        servers = [Served(model, data, args.clients, options), Served(model, data, args.clients, [*options, "--max-batch", "1"])]
+        try:
+            # Interleaved rounds: whatever else runs on the machine slows all three alike.
+            per_round, sequential_seconds, sequential_cpu, sequential_count = args.requests // args.rounds, 0.0, 0.0, 0
+            for _ in range(args.rounds):
+                seconds, cpu = sequential(detector, data, per_round * 4)
+                sequential_seconds, sequential_cpu = sequential_seconds + seconds, sequential_cpu + cpu
+                sequential_count += per_round * 4
+                for server in servers:
+                    server.round(data, args.clients, per_round)
+        finally:
+            batched, single = (server.stop() for server in servers)
+        baseline = sequential_count / sequential_seconds
 
     def row(label: str, run: dict) -> tuple[str, ...]:
-        return (label, f"{run['rps']:.1f}", f"{run['p50'] * 1000:.0f}", f"{run['p99'] * 1000:.0f}", str(len(run["errors"])),
+        return (label, f"{run['rps']:.1f}", f"{run['cpu_ms']:.1f}", f"{run['p50'] * 1000:.0f}", f"{run['p99'] * 1000:.0f}", str(len(run["errors"])),
                 f"{run['mean_batch']:.2f}", f"{run['before']:.0f} → {run['after']:.0f}")
 
     load_shape = f"{args.clients} clients × {args.requests}"
     rows = [
-        ("sequential Detector calls", f"{baseline:.1f}", "-", "-", "-", "1", "-"),
+        ("sequential Detector calls", f"{baseline:.1f}", f"{1000 * sequential_cpu / sequential_count:.1f}", "-", "-", "-", "1", "-"),
         row(f"dbtk serve --max-batch 1, {load_shape}", single),
         row(f"dbtk serve (micro-batched), {load_shape}", batched),
     ]
-    header = ("", "requests/s", "p50 ms", "p99 ms", "errors", "mean batch", "server MiB before → after")
+    header = ("", "requests/s", "CPU ms/request", "p50 ms", "p99 ms", "errors", "mean batch", "server MiB before → after")
+    print(f"load average before the run: {load_before}; after: {os.getloadavg()[0]:.1f}")
     print(f"machine: {machine()}; image {args.size[0]}×{args.size[1]} JPEG; model "
           f"{model.name if args.model else f'tiny, long side {args.long_side}'}")
     if args.markdown:
