@@ -3,6 +3,7 @@ limits hold, and Ctrl-C / SIGTERM drain the requests in flight and exit 0 (docs/
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import socket
@@ -51,15 +52,24 @@ def multipart(files: dict[str, tuple[str, bytes]], fields: dict[str, str] | None
     return b"".join(chunks), {"Content-Type": f"multipart/form-data; boundary={boundary}"}
 
 
+@functools.cache
+def loaded(checkpoint: Path):  # noqa: ANN201 - a Detector, loaded once per model file
+    from dbtk.infer.detector import Detector
+
+    return Detector.load(checkpoint, device="cpu")
+
+
 def expected(checkpoint: Path, data: bytes, box_thresh: float | None = None):  # noqa: ANN201 - Detections
     """What an in-process Detector finds — the answer ``dbtk predict`` writes."""
-    from dbtk import recipe as recipes
+    import attrs
+
     from dbtk.data.images import decode_image
     from dbtk.infer.detector import Detector
 
-    detector = Detector.load(checkpoint, device="cpu")
+    detector = loaded(checkpoint)
     if box_thresh is not None:
-        detector.configure(recipes.with_overrides(detector.recipe, [f"postprocess.box_thresh={box_thresh}"]))
+        postprocess = attrs.evolve(detector.postprocess, box_thresh=box_thresh)
+        detector = Detector(detector.runtime, attrs.evolve(detector.recipe, postprocess=postprocess))
     return detector.detect_arrays([decode_image(data).image])[0]
 
 
@@ -96,6 +106,22 @@ def test_thresholds_per_request(server: Served, checkpoint: Path) -> None:
     assert default == [d for d in query["detections"] if d["score"] >= 0.5]
     high = server.json("POST", "/v1/detect?thresh=0.6&box_thresh=0", data, {"Content-Type": "image/jpeg"})[1]
     assert len(high["detections"]) < len(query["detections"])
+
+
+def test_a_tiled_model_is_served_tiled(tmp_path: Path) -> None:
+    """A model whose recipe tiles (eval.tile) answers what its Detector finds from stitched tiles, thresholds
+    per request included: the page goes to the worker whole, not resized like the others."""
+    from dbtk.infer.evaluate import detections_json
+
+    tiled = blob_checkpoint(tmp_path / "tiled.safetensors", tile=128)
+    data = page(8)
+    with serving(tiled) as served:
+        info = served.json("GET", "/v1/model")[1]["input"]
+        assert info["tile"] == {"side": 128, "overlap": 32, "scale": 1.0}
+        for query, box_thresh in (("", None), ("?box_thresh=0", 0)):
+            found = expected(tiled, data, box_thresh)
+            status, answer = served.json("POST", f"/v1/detect{query}", data, JPEG)
+            assert status == 200 and answer == detections_json("upload", (320, 200), found) and len(found)
 
 
 def test_concurrent_requests_share_batches(server: Served, checkpoint: Path) -> None:
@@ -381,3 +407,22 @@ def test_batcher_skips_cancelled_fails_per_batch_and_refuses_when_full() -> None
         future.result(timeout=10)
     assert failing.submit(prepared(32, 32)).exception(timeout=10) is not None  # the worker lives on
     failing.close()
+
+
+def test_batcher_runs_jobs_alone_between_batches() -> None:
+    """A job (a tiled page) runs on the worker before the forward of the images drained with it; its failure is
+    its own future's."""
+    from dbtk.serve.batcher import MicroBatcher
+
+    fake = FakeDetector()
+    batcher = MicroBatcher(fake, max_batch=8, max_wait=0.2)
+    first = batcher.submit(prepared(32, 32))
+    job = batcher.run(lambda: len(fake.calls))
+    failing = batcher.run(lambda: 1 / 0)
+    second = batcher.submit(prepared(32, 32))
+    batcher.start()
+    assert job.result(timeout=10) == 0 and first.result(timeout=10).shape == second.result(timeout=10).shape
+    with pytest.raises(ZeroDivisionError):
+        failing.result(timeout=10)
+    batcher.close()
+    assert fake.calls == [[(32, 32), (32, 32)]]  # the two images still shared one forward

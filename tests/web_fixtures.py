@@ -31,12 +31,13 @@ def page(seed: int = 0) -> bytes:
     return jpeg_bytes(text_image(320, 200, BARS, seed=seed))
 
 
-def blob_checkpoint(path: Path, long_side: int = 128) -> Path:
+def blob_checkpoint(path: Path, long_side: int = 128, tile: int = 0) -> Path:
     """A random resnet18 DBNet reshaped so its map has blobs of varied height where the page is dark.
 
     A random init's map is nearly constant (one box over everything, or none); here the upsampling kernels are
     made constant (no checkerboard), the logits spread over ~12 units and the bias set so a quarter of a test
     page's pixels pass ``thresh`` — boxes with scores spread between thresh and 1, which the thresholds then split.
+    ``tile``: the recipe's ``eval.tile`` (tiled inference, 32 px overlap).
     """
     import torch
 
@@ -46,7 +47,8 @@ def blob_checkpoint(path: Path, long_side: int = 128) -> Path:
 
     recipe = recipes.loads(
         f'name = "tiny"\n[model.decoder]\nchannels = 32\n[eval]\nlong_side = {long_side}\n'
-        "[postprocess]\nbox_thresh = 0.5\nthresh = 0.3\n"
+        + (f"tile = {tile}\ntile_overlap = 32\n" if tile else "")
+        + "[postprocess]\nbox_thresh = 0.5\nthresh = 0.3\n"
     )
     torch.manual_seed(0)
     model = build_model(recipe.model).eval()

@@ -32,10 +32,13 @@ from starlette.routing import Route
 
 from dbtk import __version__
 from dbtk.errors import did_you_mean
+from dbtk.infer.detector import Detector
 from dbtk.serve.batcher import Busy, MicroBatcher
 
 if TYPE_CHECKING:
-    from dbtk.infer.detector import Detector, Prepared
+    import numpy as np
+
+    from dbtk.infer.detector import Prepared
     from dbtk.infer.postprocess import Detections
     from dbtk.recipe import Postprocess
 
@@ -218,24 +221,29 @@ class Service:
                 options = parse_options({**request.query_params, **upload.fields}, self.detector.postprocess)
             else:
                 upload = Upload(body, "upload", {})
-            prepared, size = await anyio.to_thread.run_sync(self._prepare, upload, limiter=self.workers)
+            image, prepared = await anyio.to_thread.run_sync(self._prepare, upload, limiter=self.workers)
             try:
-                future = self.batcher.submit(prepared)
+                if prepared is None:  # a tiled model: its Detector cuts, forwards (tiles batched) and stitches the page
+                    page = Detector(self.detector.runtime, attrs.evolve(self.detector.recipe, postprocess=options.postprocess))
+                    future = self.batcher.run(lambda: page.detect_arrays([image])[0])
+                else:
+                    future = self.batcher.submit(prepared)
             except Busy:
                 raise ApiError(503, "busy", "the inference queue is full; retry shortly", {"retry-after": "1"}) from None
             try:
-                prob = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
+                found = await asyncio.wait_for(asyncio.wrap_future(future), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 raise ApiError(503, "timeout", f"no answer within {self.limits.timeout:g} s: the server is overloaded",
                                {"retry-after": "1"}) from None
             except Exception as exc:  # noqa: BLE001 - the runtime failed on a valid image: a server error, logged
                 log.error("inference failed: %s: %s", type(exc).__name__, exc)
                 raise ApiError(500, "inference_failed", f"inference failed: {type(exc).__name__}") from None
-            detections = await anyio.to_thread.run_sync(self._postprocess, prob, prepared, options, limiter=self.workers)
+            if prepared is not None:
+                found = await anyio.to_thread.run_sync(self._postprocess, found, prepared, options, limiter=self.workers)
         finally:
             self.admitted -= 1
         self.served += 1
-        return self._render(upload.name, size, detections, options.format)
+        return self._render(upload.name, (image.shape[1], image.shape[0]), found, options.format)
 
     async def model(self, _request: Request) -> Response:
         detector = self.detector
@@ -253,7 +261,9 @@ class Service:
                        "decoder": recipe.model.decoder.as_table(), "head": recipe.model.head.as_table()},
             "input": {"pixels": "RGB uint8, EXIF orientation applied; normalisation is inside the model",
                       "long_side": detector.long_side, "stride": STRIDE,
-                      "fixed_size": list(runtime.input_size) if runtime.input_size else None},
+                      "fixed_size": list(runtime.input_size) if runtime.input_size else None,
+                      "tile": {"side": detector.tile, "overlap": detector.tile_overlap, "scale": detector.tile_scale}
+                      if detector.tile else None},
             "postprocess": attrs.asdict(detector.postprocess),
             "output": {"points": "original-image pixels, clockwise from the top-left corner", "formats": list(FORMATS)},
             "batching": {"max_batch": self.batcher.max_batch, "max_wait_ms": self.batcher.max_wait * 1000},
@@ -303,8 +313,9 @@ class Service:
         limit = self.limits.max_upload_bytes
         return ApiError(413, "upload_too_large", f"upload of {size} bytes exceeds the {limit:,}-byte limit")
 
-    def _prepare(self, upload: Upload) -> tuple[Prepared, tuple[int, int]]:
-        """Decode (header checks first: empty, too many pixels, truncated) and resize; on a worker thread."""
+    def _prepare(self, upload: Upload) -> tuple[np.ndarray, Prepared | None]:
+        """Decode (header checks first: empty, too many pixels, truncated) and resize — unless the model tiles
+        (``eval.tile``): its pages are cut by the Detector, not resized. On a worker thread."""
         import cv2
 
         from dbtk.data.images import ImageError, decode_image
@@ -318,9 +329,9 @@ class Service:
             if "MAX_IMAGE_PIXELS" in str(exc):
                 raise ApiError(413, "too_large", f"{upload.name}: exceeds the {self.limits.max_pixels:,}-pixel limit") from None
             raise ApiError(422, "corrupt", f"{upload.name}: not a decodable image") from None
-        return resize_for_inference(image, self.detector.long_side), (image.shape[1], image.shape[0])
+        return image, None if self.detector.tile else resize_for_inference(image, self.detector.long_side)
 
-    def _postprocess(self, prob: Any, prepared: Prepared, options: Options) -> Detections:
+    def _postprocess(self, prob: np.ndarray, prepared: Prepared, options: Options) -> Detections:
         from dbtk.infer.postprocess import boxes_from_map
 
         return boxes_from_map(prob, options.postprocess, prepared.scale, prepared.original)

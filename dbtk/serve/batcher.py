@@ -9,7 +9,8 @@ the batch. Post-processing is left to the caller (each request may bring its own
 request's threads while the worker already forwards the next batch.
 
 A single worker also means one forward at a time: the runtime's own threads get the cores, and two batches never
-compete for memory.
+compete for memory. Work that needs the model to itself — a page of a tiled model (``eval.tile``), whose tiles
+are batched by the Detector — is queued as a job (:meth:`MicroBatcher.run`) and runs between batches.
 """
 
 from __future__ import annotations
@@ -17,10 +18,10 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import numpy as np
@@ -54,6 +55,7 @@ class Stats:
 
 
 _STOP = object()
+T = TypeVar("T")
 
 
 class MicroBatcher:
@@ -93,6 +95,16 @@ class MicroBatcher:
             raise Busy from None
         return future
 
+    def run(self, job: Callable[[], T]) -> Future[T]:
+        """Queue a job that needs the model to itself (a tiled page: its own batches of tiles), run by the worker
+        between batches, so forwards never overlap. Raises :class:`Busy` like :meth:`submit`."""
+        future: Future[T] = Future()
+        try:
+            self._queue.put_nowait((job, future))
+        except queue.Full:
+            raise Busy from None
+        return future
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
@@ -112,9 +124,15 @@ class MicroBatcher:
                 batch.append(item)
             self._forward(batch)  # type: ignore[arg-type]
 
-    def _forward(self, batch: list[tuple[Prepared, Future[np.ndarray]]]) -> None:
-        live = [(prepared, future) for prepared, future in batch if future.set_running_or_notify_cancel()]
+    def _forward(self, batch: list[tuple[Prepared | Callable[[], object], Future[object]]]) -> None:
+        live = [(item, future) for item, future in batch if future.set_running_or_notify_cancel()]
         self.stats.cancelled += len(batch) - len(live)
+        for job, future in [(item, future) for item, future in live if callable(item)]:
+            try:
+                future.set_result(job())
+            except Exception as exc:  # noqa: BLE001 - the job's failure belongs to its request, not the worker
+                future.set_exception(exc)
+        live = [(item, future) for item, future in live if not callable(item)]
         groups: dict[tuple[int, ...], list[tuple[Prepared, Future[np.ndarray]]]] = {}
         for prepared, future in live:
             key = (0,) if self.detector.runtime.input_size is not None else prepared.tensor.shape[:2]
