@@ -109,6 +109,24 @@ def require_samples(reader: Reader, split: str, action: str) -> None:
     raise DbtkError(f"nothing to {action}: no labelled images in {split}", hint=hint)
 
 
+def require_apart(outputs: dict[str, str | None], inputs: dict[str, str | None]) -> None:
+    """Refuse an output that is, contains or lies inside an input (``--report`` onto a label file, ``--vis`` into the
+    image folder, ``--out`` inside SRC): commands that read a dataset never change it."""
+    from pathlib import Path
+
+    def inside(a: Path, b: Path) -> bool:
+        return a == b or b in a.parents
+
+    for out_name, out in outputs.items():
+        for in_name, source in inputs.items():
+            if out is None or source is None:
+                continue
+            target, origin = Path(out).resolve(), Path(source).resolve()
+            if inside(target, origin) or inside(origin, target):
+                raise DbtkError(f"{out_name} {target} overlaps {in_name} {origin}: this command never writes into what it reads",
+                                hint=f"choose a {out_name} outside {origin}")
+
+
 def main(args: Sequence[str] | None = None, prog_name: str = "dbtk") -> None:
     """Console-script entry point: runs the CLI and turns every failure it can explain into one-line messages."""
     argv = list(sys.argv[1:] if args is None else args)
@@ -122,10 +140,19 @@ def main(args: Sequence[str] | None = None, prog_name: str = "dbtk") -> None:
         sys.exit(0)
     except click.ClickException as exc:  # a usage error: its message says all, --debug or not
         _report(exc)
-    except (DbtkError, OSError, click.Abort, KeyboardInterrupt) as exc:
+    except (DbtkError, OSError, click.Abort, KeyboardInterrupt, MemoryError) as exc:
         if debug:
             raise
         _report(exc)
+    except RuntimeError as exc:  # torch's allocators raise RuntimeError subclasses when memory runs out
+        if debug or not _out_of_memory(exc):
+            raise
+        _report(MemoryError(str(exc)))
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    text = str(exc)
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
 
 
 #: Raised by click >= 8.2 for a group called without a command; its message is the help text.
@@ -136,6 +163,10 @@ def _report(exc: BaseException) -> NoReturn:
     """Print one ``error:`` line (and a ``hint:``) for a failure and exit with its code."""
     from dbtk.cli import _ui
 
+    if isinstance(exc, MemoryError):
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        exc = DbtkError(f"out of memory{': ' + first if first else ''}",
+                        hint="lower train.batch_size or data.image_size / data.crop (or eval.long_side); 'dbtk doctor --recipe R' measures what fits")
     if isinstance(exc, OSError):  # any file operation of any command: the one place that explains them
         from dbtk.cli._oserror import file_error
 

@@ -31,13 +31,12 @@ def clean_data(
     """
     from pathlib import Path
 
-    from dbtk.cli import _ui, require_samples
+    from dbtk.cli import _ui, require_apart, require_samples
     from dbtk.errors import CheckFailed, DbtkError
 
     if bool(out) == check:
         raise DbtkError("give exactly one of --out DST and --check", hint="dbtk clean-data SRC --check, or dbtk clean-data SRC --out DST")
-    if out and Path(out).resolve() == Path(src).resolve():
-        raise DbtkError("--out must differ from SRC: clean-data never modifies its input")
+    require_apart({"--out": out, "--report": report}, {"SRC": src, "--annotations": annotations})
     from dbtk.data import clean
     from dbtk.data.formats import default_format, open_split
 

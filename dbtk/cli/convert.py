@@ -7,12 +7,7 @@ exactly as ``dbtk clean-data`` does, with the same table and ``--report``.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
-
 import click
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 #: ``dbtk.data.clean.WRITABLE``, spelled out here because command modules import only click at start-up
 #: (``tests/test_convert.py`` keeps the two equal).
@@ -41,11 +36,11 @@ def convert(src: str, annotations: str | None, format_name: str, to_format: str,
 
     from rich.markup import escape
 
-    from dbtk.cli import _ui, require_samples
+    from dbtk.cli import _ui, require_apart, require_samples
     from dbtk.errors import DbtkError
 
     destination = Path(out)
-    _refuse_overlap([Path(src), *([Path(annotations)] if annotations else [])], destination)
+    require_apart({"--out": out, "--report": report}, {"SRC": src, "--annotations": annotations})
     if destination.is_dir() and any(destination.iterdir()):
         raise DbtkError(f"--out {out} is not empty", hint="convert writes a complete copy into a new (or empty) folder")
     from dbtk.data import clean
@@ -67,13 +62,3 @@ def convert(src: str, annotations: str | None, format_name: str, to_format: str,
     table = f'{{ images = "{split.images}", annotations = "{split.annotations}" }}' if split.annotations else f'"{split.images}"'
     _ui.console().print(f"[green]✓[/] {result.usable_images} images, {result.polygons_kept} polygons written to {escape(out)} as {to_format}")
     _ui.console().print(escape(f'  train on it: [data] format = "{to_format}", train = {table}'), soft_wrap=True)
-
-
-def _refuse_overlap(sources: list[Path], destination: Path) -> None:
-    """The copy must not be written into SRC or its labels, nor SRC lie inside the copy: convert only reads SRC."""
-    from dbtk.errors import DbtkError
-
-    out = destination.resolve()
-    for source in (path.resolve() for path in sources):
-        if out == source or out in source.parents or source in out.parents:
-            raise DbtkError(f"--out {destination} overlaps {source}: convert never writes into its input", hint="write the copy to a folder outside SRC")

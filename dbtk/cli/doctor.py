@@ -115,6 +115,7 @@ def _start_live(findings):  # noqa: ANN001, ANN202
 def _require_writable_folder(folder: Path) -> None:
     """--out must be a folder training could create and write: the disk check measures where it would live."""
     import os
+    import tempfile
 
     from dbtk.errors import DbtkError
 
@@ -123,5 +124,7 @@ def _require_writable_folder(folder: Path) -> None:
         existing = existing.parent
     if not existing.is_dir():
         raise DbtkError(f"--out {folder.resolve()}: {existing} is a file, so no run folder can be made there")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise DbtkError(f"--out {folder.resolve()}: {existing} is not writable", hint="choose another --out")
+    try:  # access() says yes to root even where the kernel refuses (sysfs, procfs): really create something
+        os.rmdir(tempfile.mkdtemp(dir=existing, prefix=".dbtk-doctor-"))
+    except OSError as exc:
+        raise DbtkError(f"--out {folder.resolve()}: cannot create folders in {existing} ({exc.strerror})", hint="choose another --out") from None

@@ -29,13 +29,14 @@ def eval_command(
     """
     from pathlib import Path
 
-    from dbtk.cli import _ui, require_samples
+    from dbtk.cli import _ui, require_apart, require_samples
     from dbtk.errors import DbtkError
 
     if bool(checkpoint) == bool(pred_dir):
         raise DbtkError("give a CHECKPOINT or --pred DIR (one of them)", hint="dbtk eval runs/x/checkpoints/best.safetensors --data data/val")
     if report_dir and pred_dir:
         raise DbtkError("--report needs a CHECKPOINT: it sweeps box_thresh over the model's scores", hint="dbtk eval MODEL --data DIR --report DIR")
+    require_apart({"--vis": vis_dir, "--report": report_dir}, {"--data": data, "--annotations": annotations, "--pred": pred_dir})
     from dbtk.data.formats import open_split
 
     reader = open_split(data, annotations, format_name)
@@ -76,6 +77,10 @@ def eval_command(
         if vis_dir:
             _write_overlays(kept, reader, result, Path(vis_dir), worst)
 
+    if not result.summary.images:  # every image skipped: a 0.0 hmean would read as a verdict on the model
+        reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(result.skipped.items())) or "none usable"
+        raise DbtkError(f"nothing scored: no image of {Path(data).resolve()} could be used ({reasons})",
+                        hint=f"see why with 'dbtk clean-data {data} --check'")
     if as_json:
         _ui.print_json(result.as_dict())
         return

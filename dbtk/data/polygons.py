@@ -18,7 +18,7 @@ import numpy as np
 class Reason(str, enum.Enum):
     """Why a polygon was changed or dropped. The string values appear in reports and logs."""
 
-    NON_FINITE = "non_finite"  # NaN or inf coordinates: dropped
+    NON_FINITE = "non_finite"  # NaN, inf or absurdly large (> 1e7 px) coordinates: dropped
     TOO_FEW_POINTS = "too_few_points"  # fewer than 3 distinct points: dropped
     DUPLICATE_POINTS = "duplicate_points"  # repeated consecutive points removed
     ZERO_AREA = "zero_area"  # (near) zero area: dropped
@@ -31,6 +31,8 @@ class Reason(str, enum.Enum):
 
 #: Reasons after which nothing is left of the polygon.
 DROPPED = frozenset({Reason.NON_FINITE, Reason.TOO_FEW_POINTS, Reason.ZERO_AREA, Reason.OUTSIDE_IMAGE})
+#: Coordinates beyond this (pixels) are not numbers any image can hold: treated as non-finite.
+MAX_COORDINATE = 1e7
 #: Area below which a polygon is treated as a line or a point (in square pixels).
 MIN_AREA = 1e-3
 
@@ -73,7 +75,7 @@ def repair(
     """Validate and repair one polygon against an image of ``width`` × ``height`` (no clipping when None)."""
     reasons: list[Reason] = []
     pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if np.size(points) else np.zeros((0, 2))
-    if not np.isfinite(pts).all():
+    if not _usable_numbers(pts).all():
         return Repaired(None, ignore, (Reason.NON_FINITE,))
 
     deduped = _drop_repeats(pts)
@@ -186,7 +188,7 @@ def _settle_simple(
     import shapely
 
     points = np.stack([np.asarray(polygons[i], dtype=np.float64) for i in indices])  # (m, k, 2)
-    finite = np.isfinite(points).all(axis=(1, 2))
+    finite = _usable_numbers(points).all(axis=(1, 2))
     points = np.where(finite[:, None, None], points, 0.0)
     repeated = (np.abs(points - np.roll(points, 1, axis=1)) <= 1e-6).all(axis=2).any(axis=1)
     x, y = points[..., 0], points[..., 1]
@@ -209,6 +211,12 @@ def _settle_simple(
         if not is_ignored and min_size > 0 and short_side(pts32) < min_size:
             reasons, is_ignored = (*reasons, Reason.TINY), True
         results[index] = Repaired(pts32, is_ignored, reasons)
+
+
+def _usable_numbers(points: np.ndarray) -> np.ndarray:
+    """Finite and within ±:data:`MAX_COORDINATE`: larger values overflow float32 (targets, exports) and break
+    GEOS's orientation predicates, so they count as non-finite."""
+    return np.isfinite(points) & (np.abs(points) <= MAX_COORDINATE)
 
 
 def _orientation(area: float) -> tuple[Reason, ...]:

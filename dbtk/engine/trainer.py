@@ -21,6 +21,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import attrs
@@ -151,6 +152,9 @@ class Trainer:
         self.bad_run = torch.zeros((), device=self.device)  # consecutive bad steps; restarts at 0 on resume
         if resume_from is not None:
             self._load(resume_from)
+        if stop_at and stop_at <= self.state.position.step:
+            raise DbtkError(f"--stop-at {stop_at} is not after the step this run resumes from ({self.state.position.step})",
+                            hint=f"give a step after {self.state.position.step}, or resume without --stop-at")
         self.loggers = [self._logger(i, c) for i, c in enumerate(recipe.loggers)] if self.world.is_main else []
         self._compiled = False
         self._validated_at = -1
@@ -245,18 +249,21 @@ class Trainer:
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def _reader(self, split: recipes.Split, key: str):  # noqa: ANN202
+        return self._component(key, "dataset", self.recipe.data.format, split=split)
+
+    def _logger(self, index: int, component: recipes.Component):  # noqa: ANN202
+        return self._component(f"loggers.{index}", "logger", component, run_dir=self.run_dir)
+
+    def _component(self, key: str, kind: str, component: recipes.Component, **provided: Any) -> Any:
+        """Build a reader or logger; any failure of its constructor is one error naming the recipe key."""
         try:
-            return self.reg.build("dataset", self.recipe.data.format.as_table(), split=split)
+            return self.reg.build(kind, component.as_table(), **provided)
         except DbtkError as exc:
             exc.message = f"{key}: {exc.message}"
             raise
-
-    def _logger(self, index: int, component: recipes.Component):  # noqa: ANN202
-        try:
-            return self.reg.build("logger", component.as_table(), run_dir=self.run_dir)
-        except DbtkError as exc:
-            exc.message = f"loggers.{index}: {exc.message}"
-            raise
+        except Exception as exc:  # noqa: BLE001 - a plugin's own check (ValueError ...) is the user's to fix
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise DbtkError(f"{key}: {kind} '{component.name}' refused its settings: {type(exc).__name__}: {first}") from exc
 
     # ------------------------------------------------------------------ checkpoints
     def _snapshot(self) -> TrainingState:

@@ -13,6 +13,10 @@ class JsonlLogger:
     checkpoint and will be logged again); lines at the resumed step itself are kept."""
 
     def __init__(self, run_dir: Path, filename: str = "metrics.jsonl") -> None:
+        if Path(filename).name != filename or filename in ("", ".", "..", "recipe.toml", "curves.png"):
+            from dbtk.errors import DbtkError
+
+            raise DbtkError(f"logger 'jsonl': filename must be a plain file name inside the run folder, not {filename!r}")
         self.path = Path(run_dir) / filename
         self.stream = None
 

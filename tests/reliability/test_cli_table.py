@@ -51,6 +51,7 @@ import pytest
 from dbtk.cli import COMMANDS
 from tests.conftest import REPO
 from tests.reliability.conftest import TALLY
+from tests.test_weights import TAG
 
 # ------------------------------------------------------------------------------------------------ fixtures
 RECIPE = """\
@@ -74,7 +75,10 @@ val_every = 0
 GT_LINE = "8,10,40,10,40,20,8,20,hello\n"
 
 #: Fixture name -> kind. Files are named by their kind's suffix, so variants keep it.
-FILE_KINDS = {"ckpt": ".safetensors", "recipe": ".toml", "image": ".jpg", "receipt": ".json"}
+FILE_KINDS = {"ckpt": ".safetensors", "recipe": ".toml", "image": ".jpg", "receipt": ".json", "weights": ".safetensors"}
+#: The Hugging Face cache every case runs against (offline: no case may reach the network), outside the hashed
+#: inputs because `weights import` writes into it; filled by build_fixtures.
+HUB_ENV: dict[str, str] = {}
 DIR_KINDS = ("data", "preds", "receipt_images")
 IMAGE_SUFFIXES = (".jpg", ".png")
 LABEL_SUFFIXES = (".txt", ".json")
@@ -127,6 +131,7 @@ BASELINES: dict[str, list[dict[str, str | list[str] | bool]]] = {
         {"checkpoint": "{ckpt}", "out": "{out}/model.safetensors"},
         {"checkpoint": "{ckpt}", "out": "{out}/model.onnx", "dynamic": False, "size": "64", "batch": "1", "opset": "17"},
         {"checkpoint": "{ckpt}", "out": "{out}/bundle.safetensors", "check": True, "images": ["{image}"]},
+        {"checkpoint": "{ckpt}", "out": "{out}/checked.safetensors", "check": True, "data": "{data}"},
     ],
     "models": [{"recipe": "{recipe}", "size": ["64", "64"]}],
     "plugins": [{}],
@@ -134,7 +139,11 @@ BASELINES: dict[str, list[dict[str, str | list[str] | bool]]] = {
     "profile-imports": [{"commands": ["plugins"], "top": "3"}],
     "recipe check": [{"path": "{recipe}", "no_import": True}],
     "recipe keys": [{}],
+    "serve": [{"model": "{ckpt}", "port": "0", "device": "cpu", "check": True}],
     "train": [{"recipe_path": "{recipe}", "out_dir": "{out}/run", "device": "cpu"}],
+    "weights fetch": [{"names": ["{tag}"]}],
+    "weights import": [{"file": "{weights}", "tag": "{tag}"}],
+    "weights list": [{}],
 }
 
 
@@ -152,6 +161,9 @@ TEXT: dict[str, list[tuple[str, str, str]] | tuple[str, str]] = {
     "format_name": [*((f"reader-{name}", name, "survive") for name in _reader_names()), ("bogus", "no-such-format", "error")],
     "device": [("bogus", "no-such-device", "error"), ("absent-gpu", "cuda:99", "error")],
     "commands": [("bogus", "no-such-command", "error")],
+    "host": [("bogus", "no-such-host.invalid", "error"), ("not-here", "203.0.113.7", "error")],  # serve --host
+    "names": [("bogus", "no-such-architecture", "error"), ("uncached", "resnet18.tv_in1k", "error")],  # weights fetch, offline
+    "tag": [("bogus", "no-such-architecture.a1", "error")],  # weights import --tag
     "resume": ("input", "ckpt"),  # train --resume [CHECKPOINT]
     "run_dir": ("output", "folder"),  # doctor --out
 }
@@ -438,7 +450,9 @@ def build_fixtures(root: Path) -> dict[str, str]:
         "preds": valid / "preds",
         "receipt_images": valid / "receipt_images",
     }
+    paths["weights"] = valid / "resnet18.safetensors"
     paths["recipe"].write_text(RECIPE)
+    _hub_cache(root.parent / f"{root.name}-hub", paths["weights"])
     torch.manual_seed(0)
     recipe = recipes.loads(RECIPE)
     save_weights(paths["ckpt"], build_model(recipe.model), recipe)
@@ -528,7 +542,22 @@ def build_fixtures(root: Path) -> dict[str, str]:
         paths[f"output@{kind}@under-a-file"] = afile / name
         paths[f"output@{kind}@read-only"] = read_only / f"dbtk-table-{name}" if read_only else None
         paths[f"output@{kind}@kind-mismatch"] = adir if kind == "file" else afile
-    return {name: str(path) if path is not None else "" for name, path in paths.items()}
+    return {"tag": TAG, **{name: str(path) if path is not None else "" for name, path in paths.items()}}
+
+
+def _hub_cache(home: Path, weights: Path) -> None:
+    """An offline hub cache holding TAG (random weights), and the same weights as a file to import."""
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.test_weights import hub_layout, safetensors_bytes
+
+    torch.manual_seed(7)
+    state = {k: v.clone() for k, v in timm.create_model("resnet18").state_dict().items()}
+    hub_layout(home, TAG, {"model.safetensors": safetensors_bytes(state)})
+    save_file(state, str(weights), metadata={"format": "pt"})
+    HUB_ENV.update(HF_HOME=str(home), HF_HUB_OFFLINE="1")
 
 
 @pytest.fixture(scope="session")
@@ -584,7 +613,7 @@ class Outcome:
 
 def run_case(argv: list[str], cwd: Path, timeout: float = 300) -> Outcome:
     env = {k: v for k, v in os.environ.items() if k != "DBTK_DEBUG"}
-    env.update(NO_COLOR="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])))
+    env.update(NO_COLOR="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")])), **HUB_ENV)
     with subprocess.Popen([sys.executable, "-m", "dbtk", *argv], cwd=cwd, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True, start_new_session=True) as proc:
         try:
