@@ -123,7 +123,7 @@ def require_apart(outputs: dict[str, str | None], inputs: dict[str, str | None])
                 continue
             target, origin = Path(out).resolve(), Path(source).resolve()
             if inside(target, origin) or inside(origin, target):
-                raise DbtkError(f"{out_name} {target} overlaps {in_name} {origin}: this command never writes into what it reads",
+                raise DbtkError(f"{out_name} {target} overlaps {in_name} {origin}: dbtk never modifies its input",
                                 hint=f"choose a {out_name} outside {origin}")
 
 
