@@ -96,6 +96,19 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
+class ExistingPath(click.Path):
+    """``click.Path(exists=True)`` whose "does not exist" names the absolute path tried: a relative path says
+    nothing of the folder it was relative to."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(exists=True, **kwargs)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not os.path.lexists(os.path.expanduser(value)):
+            self.fail(f"{os.path.abspath(os.path.expanduser(value))} does not exist.", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 def require_samples(reader: Reader, split: str, action: str) -> None:
     """Refuse a split that yields nothing to ``action`` (exit 2, with what reading it found) instead of reporting
     on zero images as if all were well."""

@@ -6,12 +6,12 @@ import os
 
 import click
 
-from dbtk.cli import FiniteFloatRange
+from dbtk.cli import ExistingPath, FiniteFloatRange
 
 
 @click.command("clean-data")
-@click.argument("src", type=click.Path(exists=True, file_okay=False))
-@click.option("--annotations", type=click.Path(exists=True, dir_okay=True), help="Label file or folder (receipt JSON file; ICDAR gts folder when not SRC/gts).")
+@click.argument("src", type=ExistingPath(file_okay=False))
+@click.option("--annotations", type=ExistingPath(dir_okay=True), help="Label file or folder (receipt JSON file; ICDAR gts folder when not SRC/gts).")
 @click.option("--format", "format_name", default=None, help="Dataset format: icdar2015 (default) or receipt-json; any registered reader.")
 @click.option("--out", "out", type=click.Path(file_okay=False), help="Write the repaired copy here.")
 @click.option("--check", is_flag=True, help="Only report; exit 1 if anything is wrong.")

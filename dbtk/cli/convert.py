@@ -9,14 +9,16 @@ from __future__ import annotations
 import os
 import click
 
+from dbtk.cli import ExistingPath
+
 #: ``dbtk.data.clean.WRITABLE``, spelled out here because command modules import only click at start-up
 #: (``tests/test_convert.py`` keeps the two equal).
 WRITABLE = ("coco", "icdar2015", "labelme", "ppocr", "receipt-json")
 
 
 @click.command("convert")
-@click.argument("src", type=click.Path(exists=True, file_okay=False))
-@click.option("--annotations", type=click.Path(exists=True), help="Label file or folder, for formats that keep labels apart from the images (COCO, Label Studio, receipt JSON: the file).")
+@click.argument("src", type=ExistingPath(file_okay=False))
+@click.option("--annotations", type=ExistingPath(), help="Label file or folder, for formats that keep labels apart from the images (COCO, Label Studio, receipt JSON: the file).")
 @click.option("--from", "format_name", required=True, metavar="FORMAT", help="Format of SRC: any registered reader, e.g. labelme, label-studio, ppocr, coco, doctr, totaltext, ctw1500, icdar2015, receipt-json.")
 @click.option("--to", "to_format", required=True, type=click.Choice(WRITABLE), help="Format to write.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="New (or empty) folder for the converted copy.")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from dbtk.cli import FiniteFloatRange
+from dbtk.cli import ExistingPath, FiniteFloatRange
 
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print findings as JSON.")
-@click.option("--recipe", "recipe_path", type=click.Path(exists=True, dir_okay=False), help="Also measure this recipe's model at its batch and image size.")
+@click.option("--recipe", "recipe_path", type=ExistingPath(dir_okay=False), help="Also measure this recipe's model at its batch and image size.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe overrides for --recipe.")
 @click.option("--steps", type=click.IntRange(0, 100_000), default=0, show_default=True,
               help="With --recipe: also train N steps on the recipe's real data (throughput, data waits, skipped samples, finite loss, peak memory).")

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import click
 
+from dbtk.cli import ExistingPath
+
 
 @click.command("eval")
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
-@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="Split to score against (ICDAR2015 folder, or images folder with --annotations).")
-@click.option("--annotations", type=click.Path(exists=True), help="Label file (receipt JSON) or label folder.")
+@click.option("--data", required=True, type=ExistingPath(file_okay=False), help="Split to score against (ICDAR2015 folder, or images folder with --annotations).")
+@click.option("--annotations", type=ExistingPath(), help="Label file (receipt JSON) or label folder.")
 @click.option("--format", "format_name", default=None, help="Dataset format (default: icdar2015, or receipt-json with an annotation file).")
-@click.option("--pred", "pred_dir", type=click.Path(exists=True, file_okay=False), help="Score these prediction txt files instead of running a checkpoint.")
+@click.option("--pred", "pred_dir", type=ExistingPath(file_okay=False), help="Score these prediction txt files instead of running a checkpoint.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override the checkpoint recipe's eval/postprocess keys, e.g. postprocess.box_thresh=0.5.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (summary and per-image scores) instead of tables.")

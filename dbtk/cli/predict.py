@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from dbtk.cli import ExistingPath
+
 
 def _tile_side(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
     """``--tile`` feeds ``eval.tile``: refuse here, as a usage error, what the recipe would refuse."""
@@ -13,7 +15,7 @@ def _tile_side(_ctx: click.Context, _param: click.Parameter, value: int | None) 
 
 
 @click.command()
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoint", type=ExistingPath(dir_okay=False))
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", default="predictions", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--format", "out_format", type=click.Choice(["json", "icdar", "receipt-json"]), default="json", show_default=True,

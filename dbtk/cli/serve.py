@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from dbtk.cli import FiniteFloatRange
+from dbtk.cli import ExistingPath, FiniteFloatRange
 
 if TYPE_CHECKING:
     import socket
@@ -16,7 +16,7 @@ EXTRA = ("starlette", "uvicorn", "python_multipart")
 
 
 @click.command()
-@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("model", type=ExistingPath(dir_okay=False))
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface; put a proxy with TLS in front).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="Port to listen on; 0 picks a free one (printed).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import click
 
+from dbtk.cli import ExistingPath
+
 
 @click.group()
 def weights() -> None:
@@ -69,7 +71,7 @@ def fetch(names: tuple[str, ...]) -> None:
 
 
 @weights.command("import")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file", type=ExistingPath(dir_okay=False))
 @click.option("--tag", required=True, help="timm pretrained tag to file the weights under, e.g. resnet18.a1_in1k.")
 def import_command(file: str, tag: str) -> None:
     """Put FILE (.safetensors, or a torch checkpoint read with weights_only) into the hub cache as TAG's

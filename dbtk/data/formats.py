@@ -36,7 +36,7 @@ def _images_in(folder: Path) -> list[Path]:
 
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise DbtkError(f"{what} folder not found: {path}")
+        raise DbtkError(f"{what} folder not found: {path.absolute()}")
     return path
 
 
@@ -136,7 +136,7 @@ class ReceiptJSON(FileReader):
         try:
             document = json.loads(path.read_text(encoding="utf-8-sig"))
         except FileNotFoundError:
-            raise DbtkError(f"annotation file not found: {path}") from None
+            raise DbtkError(f"annotation file not found: {Path(path).absolute()}") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DbtkError(f"{path}: invalid JSON: {exc}") from None
         entries = document.get("images") if isinstance(document, dict) else None
@@ -198,5 +198,5 @@ def image_files(paths: Sequence[str]) -> list[Path]:
             matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))]
             found += [m for m in matches if m.suffix.lower() in IMAGE_SUFFIXES]
     if not found:
-        raise DbtkError(f"no images found in {', '.join(paths)}")
+        raise DbtkError("no images found in " + ", ".join(str(Path(p).expanduser().absolute()) for p in paths))
     return found

@@ -57,7 +57,7 @@ def load_document(path: Path, expected: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
-        raise DbtkError(f"annotation file not found: {path}") from None
+        raise DbtkError(f"annotation file not found: {Path(path).absolute()}") from None
     except JSON_ERRORS as exc:
         raise DbtkError(f"{path}: invalid JSON: {exc}", hint=f"expected {expected}") from None
 

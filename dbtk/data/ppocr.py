@@ -37,7 +37,7 @@ class PPOCRLabel(FileReader):
         images = image_folder(split, "ppocr", "a split folder (the images, with PPOCRLabel's Label.txt)")
         path = Path(split.annotations).expanduser() if split and split.annotations else images / "Label.txt"
         if not path.is_file():
-            raise DbtkError(f"label file not found: {path}", hint="give PaddleOCR's detection label list with --annotations FILE (or annotations = FILE)")
+            raise DbtkError(f"label file not found: {Path(path).absolute()}", hint="give PaddleOCR's detection label list with --annotations FILE (or annotations = FILE)")
         seen: set[str] = set()
         for number, line in enumerate(read_text_lines(path, self.problems), start=1):
             if not line.strip():

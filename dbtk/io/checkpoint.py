@@ -59,7 +59,7 @@ def read_weights(path: str | Path, keep_state: bool = False) -> tuple[dict[str, 
 
     path = Path(path)
     if not path.is_file():
-        raise DbtkError(f"checkpoint not found: {path}")
+        raise DbtkError(f"checkpoint not found: {path.absolute()}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as reader:
             metadata = reader.metadata() or {}

@@ -53,7 +53,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path).expanduser()
     if not path.is_file():
         raise DbtkError(
-            f"weights file not found: {path}",
+            f"weights file not found: {Path(path).absolute()}",
             hint="point 'pretrained' at a local .safetensors or .pth file, at a timm pretrained tag "
             "(e.g. resnet18.a1_in1k), or set it to true (the architecture's default tag) or false",
         )
