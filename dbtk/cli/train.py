@@ -49,6 +49,7 @@ def train(
 
     rank, world_size = torchrun_place()
     if nproc > 1 and world_size == 1:
+        recipes.load(recipe_path, overrides)  # a bad recipe or --set: one error here, not one per process
         _ui.step(f"starting {nproc} processes with torchrun")
         argv = ["train", recipe_path, *(f"--set={o}" for o in overrides), *(["--out", out_dir] if out_dir else []),
                 *([f"--resume={resume}"] if resume else ["--resume"] if resume == "" else []),
