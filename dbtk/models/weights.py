@@ -65,7 +65,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file, pickle with forbidden globals, ...
-        raise DbtkError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc
+        # Not torch's own text: it goes on to advise loading with weights_only=False, i.e. running the pickle.
+        raise DbtkError(f"cannot read weights file {path.absolute()}: not a readable safetensors file or torch file of "
+                        f"tensors ({type(exc).__name__})",
+                        hint="give a .safetensors file, or a torch checkpoint holding tensors only") from exc
     for key in _NESTED_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
