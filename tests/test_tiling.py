@@ -88,6 +88,14 @@ def test_stitched_page_map_gives_the_one_pass_boxes(height: int, width: int, til
     assert len(found) == len(bars)  # every bar once: none cut at a tile border, none doubled in an overlap
 
 
+def test_a_large_page_may_hold_max_candidates_regions_per_tile() -> None:
+    bars = [(20 + 90 * (i % 7), 20 + 40 * (i // 7), 90 + 90 * (i % 7), 30 + 40 * (i // 7)) for i in range(42)]
+    image = page(280, 700, bars)
+    config = recipes.structure({"eval": {"tile": 256, "tile_overlap": 32}, "postprocess": {"thresh": 0.5, "box_thresh": 0.5, "max_candidates": 10}})
+    assert len(tile_windows(700, 280, 256, 32)) * 10 >= len(bars)
+    assert len(Detector(Dark(), config).detect_arrays([image])[0]) == len(bars)  # not 10: the page's lines are no noise
+
+
 def test_overlap_hides_the_tile_borders_the_network_cannot_see_across() -> None:
     image = page(300, 700, BARS)
     reference = one_pass(image, recipe(128, 32))

@@ -231,7 +231,9 @@ class Detector:
 
         The maximum keeps each pixel's most confident view: near a tile's border the network lacks context and
         answers low, while the neighbouring tile sees the same pixels well inside it. Tiles of a side shorter than
-        ``tile`` are zero-padded up to a multiple of :data:`STRIDE`, as :meth:`stack` pads a batch.
+        ``tile`` are zero-padded up to a multiple of :data:`STRIDE`, as :meth:`stack` pads a batch. Post-processing
+        keeps up to ``max_candidates`` regions per tile, as the tiles would one by one: the cap is there against
+        the specks of a noisy map, not against a large page with thousands of lines.
         """
         image = original
         if self.tile_scale != 1.0:
@@ -255,4 +257,4 @@ class Detector:
             for (x0, y0, x1, y1), prob in zip(chunk, self.probability_maps(batch), strict=True):
                 region = page[y0:y1, x0:x1]
                 np.maximum(region, prob[: y1 - y0, : x1 - x0], out=region)
-        return boxes_from_map(page, self.postprocess, scale, size)
+        return boxes_from_map(page, self.postprocess, scale, size, self.postprocess.max_candidates * len(windows))

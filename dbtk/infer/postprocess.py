@@ -46,11 +46,15 @@ def boxes_from_map(
     config: Postprocess,
     scale: tuple[float, float] = (1.0, 1.0),
     clip_to: tuple[int, int] | None = None,
+    candidates: int | None = None,
 ) -> Detections:
     """Detect text in one probability map (H × W, float in [0, 1]).
 
     ``scale`` maps map pixels to original pixels (x, y); ``clip_to`` is the original (width, height).
+    ``candidates`` caps the regions kept (default ``config.max_candidates``): a page map stitched from tiles
+    allows that many per tile, as each tile would have had on its own.
     """
+    candidates = candidates or config.max_candidates
     import cv2
 
     prob = np.ascontiguousarray(prob, dtype=np.float32)
@@ -60,8 +64,8 @@ def boxes_from_map(
     count, labels = cv2.connectedComponents(bitmap, connectivity=8, ltype=cv2.CV_32S)
     if count <= 1:
         return Detections([], np.zeros(0, np.float32))
-    if count - 1 > config.max_candidates:
-        bitmap = _largest_regions(bitmap, count, config)
+    if count - 1 > candidates:
+        bitmap = _largest_regions(bitmap, count, config.min_size, candidates)
     contours, _ = cv2.findContours(bitmap, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
 
     polygons, scores = [], []
@@ -104,8 +108,8 @@ def _to_image(points: np.ndarray, scale: tuple[float, float], clip_to: tuple[int
     return points
 
 
-def _largest_regions(bitmap: np.ndarray, count: int, config: Postprocess) -> np.ndarray:
-    """Bitmap of the regions that can yield a box, at most ``max_candidates`` of them, largest first."""
+def _largest_regions(bitmap: np.ndarray, count: int, min_size: float, candidates: int) -> np.ndarray:
+    """Bitmap of the regions that can yield a box, at most ``candidates`` of them, largest first."""
     import cv2
 
     label_type = cv2.CV_16U if count < 2**16 else cv2.CV_32S  # 16-bit labels halve the memory traffic
@@ -113,9 +117,9 @@ def _largest_regions(bitmap: np.ndarray, count: int, config: Postprocess) -> np.
     widths, heights, areas = stats[1:, cv2.CC_STAT_WIDTH], stats[1:, cv2.CC_STAT_HEIGHT], stats[1:, cv2.CC_STAT_AREA]
     # A region whose pixel centres span less than min_size in both directions cannot have a box side of
     # min_size (the minimum-area box is no larger than the axis-aligned one).
-    keep = np.flatnonzero(np.maximum(widths, heights) - 1 >= config.min_size) + 1
-    if len(keep) > config.max_candidates:
-        keep = keep[np.argsort(-areas[keep - 1], kind="stable")[: config.max_candidates]]
+    keep = np.flatnonzero(np.maximum(widths, heights) - 1 >= min_size) + 1
+    if len(keep) > candidates:
+        keep = keep[np.argsort(-areas[keep - 1], kind="stable")[:candidates]]
     lookup = np.zeros(count, dtype=np.uint8)
     lookup[keep] = 1
     return lookup[labels]
