@@ -25,8 +25,10 @@ def images() -> list[np.ndarray]:
 
 @pytest.fixture(scope="module")
 def checkpoint(images: list[np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small random model reshaped so its map has blobs: smooth upsampling, logits spread over ~10 units
-    (a random init's map is nearly constant) and a quarter of the first image's pixels above the threshold."""
+    """A small random model reshaped so its map has blobs: BatchNorm statistics of the test pages themselves (as a
+    trained model's come from its data: activations at the scale fp16 and INT8 rounding act on), smooth upsampling,
+    logits spread over ~10 units (a random init's map is nearly constant) and a quarter of the first image's pixels
+    above the threshold."""
     import torch
 
     from dbtk.io.checkpoint import save_weights
@@ -39,7 +41,17 @@ def checkpoint(images: list[np.ndarray], tmp_path_factory: pytest.TempPathFactor
     )
     torch.manual_seed(0)
     model = build_model(recipes.loads(recipes.dumps(recipe).replace('"/nowhere/resnet18.safetensors"', "false")).model).eval()
-    sample = torch.from_numpy(resize_for_inference(images[0], 192).tensor).permute(2, 0, 1)[None]
+    pages = [torch.from_numpy(resize_for_inference(image, 192).tensor).permute(2, 0, 1)[None] for image in images]
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None  # a plain average over the pages
+    with torch.no_grad():
+        model.train()
+        for page in pages:
+            model(page)
+        model.eval()
+    sample = pages[0]
     branch = model.head.prob_branch
     last = branch[-1]
     with torch.no_grad():
@@ -208,3 +220,167 @@ def test_hostile_onnx_files_are_refused(tmp_path: Path) -> None:
         Detector.load(garbage, "cpu")
     with pytest.raises(DbtkError, match="ONNX file not found"):
         Detector.load(tmp_path / "missing.onnx", "cpu")
+
+
+# ------------------------------------------------------------------------------------------------ fp16 and INT8
+def _io_types(path: Path) -> tuple[str, str]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.get_inputs()[0].type, session.get_outputs()[0].type
+
+
+def test_fp16_export_round_trips_within_its_tolerance(checkpoint: Path, onnx_file: Path, images: list[np.ndarray], tmp_path: Path) -> None:
+    import onnx
+
+    from dbtk.cli.export import TOLERANCES
+    from dbtk.infer.detector import Detector
+    from dbtk.infer.export import compare, export_onnx
+
+    half = tmp_path / "fp16.onnx"
+    export_onnx(checkpoint, half, precision="fp16")
+    assert _io_types(half) == ("tensor(uint8)", "tensor(float)")  # a service feeds and reads it as the fp32 file
+    weights = [t for t in onnx.load(str(half)).graph.initializer if len(t.dims) == 4]
+    assert weights and all(t.data_type == onnx.TensorProto.FLOAT16 for t in weights)
+    assert half.stat().st_size < 0.6 * onnx_file.stat().st_size
+    detector = Detector.load(half, "cpu")
+    assert detector.runtime.precision == "fp16" and Detector.load(onnx_file, "cpu").runtime.precision == "fp32"
+    tolerance, box_shift, margin = TOLERANCES["fp16"]
+    results = compare(Detector.load(checkpoint, "cpu"), detector, list(zip("abc", images, strict=True)), margin)
+    assert sum(r.reference_boxes for r in results) > 10
+    assert all(r.max_abs_diff <= tolerance and r.max_box_shift <= box_shift for r in results), results
+
+
+def test_box_shift_pairs_nearest_boxes_and_lets_marginal_ones_come_and_go() -> None:
+    from dbtk.infer.export import _box_shift
+    from dbtk.infer.postprocess import Detections
+
+    def box(x: float, y: float) -> np.ndarray:
+        return np.array([[x, y], [x + 50, y], [x + 50, y + 10], [x, y + 10]], np.float32)
+
+    reference = Detections([box(0, 0), box(0, 40)], np.array([0.9, 0.8], np.float32))
+    reordered = Detections([box(0, 41.5), box(0.5, 0)], np.array([0.8, 0.9], np.float32))
+    assert _box_shift(reference, reordered, 0.5, 0.05) == pytest.approx(1.5)
+    extra = Detections([*reordered.polygons, box(100, 100)], np.array([0.8, 0.9, 0.52], np.float32))
+    assert _box_shift(reference, extra, 0.5, 0.05) == pytest.approx(1.5)  # scored at the threshold: may appear
+    assert _box_shift(reference, extra, 0.5, 0.0) > 100  # not marginal: a box the other model does not find
+    assert _box_shift(reference, Detections([], np.zeros(0, np.float32)), 0.5, 0.05) == float("inf")
+
+
+def test_cli_fp16_check(checkpoint: Path, images: list[np.ndarray], tmp_path: Path) -> None:
+    page = tmp_path / "page.jpg"
+    page.write_bytes(jpeg_bytes(np.ascontiguousarray(images[0][..., ::-1])))
+    result = run_dbtk("export", str(checkpoint), "--out", str(tmp_path / "m16.onnx"), "--precision", "fp16", "--check", "--images", str(page))
+    assert result.returncode == 0, result.stderr
+    assert "onnx fp16 →" in result.stdout and "boxes within 3 px (scores within 0.05 of box_thresh aside)" in result.stdout
+
+
+def test_int8_export_is_quantized_per_channel_with_the_head_in_float(checkpoint: Path, onnx_file: Path, images: list[np.ndarray], tmp_path: Path) -> None:
+    import onnx
+
+    from dbtk.infer.detector import Detector
+    from dbtk.infer.export import INT8_FLOAT_OPS, export_onnx
+
+    quantized = tmp_path / "int8.onnx"
+    export_onnx(checkpoint, quantized, precision="int8", calibration=images)
+    assert _io_types(quantized) == ("tensor(uint8)", "tensor(float)")
+    graph = onnx.load(str(quantized)).graph
+    produced_by = {output: node for node in graph.node for output in node.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs and all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in convs)  # int8 weights
+    scales = {t.name: len(t.dims) for t in graph.initializer}
+    assert all(scales[produced_by[n.input[1]].input[1]] == 1 for n in convs)  # one scale per output channel
+    kept = [n for n in graph.node if n.op_type in INT8_FLOAT_OPS]
+    assert kept and not any(i in produced_by and produced_by[i].op_type == "DequantizeLinear" for n in kept for i in n.input[1:])
+    assert not any(n.op_type.startswith("QLinear") for n in graph.node)  # QDQ format
+    assert quantized.stat().st_size < 0.4 * onnx_file.stat().st_size
+
+    detector = Detector.load(quantized, "cpu")
+    settings = json.loads(detector.runtime.metadata["quantization"])
+    assert detector.runtime.precision == "int8" and settings["calibration_batches"] == 3 and settings["weights"] == "int8 per channel"
+    expected = Detector.load(checkpoint, "cpu").runtime(np.stack([np.zeros((96, 128, 3), np.uint8) + 90]))
+    assert np.abs(detector.runtime(np.stack([np.zeros((96, 128, 3), np.uint8) + 90])) - expected).mean() < 0.05
+    assert sum(len(d) for d in detector(images)) > 0
+
+
+@pytest.fixture(scope="module")
+def labelled(images: list[np.ndarray], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The three test pages as an ICDAR2015 split labelled with their text boxes."""
+    from tests.data_fixtures import write_icdar
+
+    gt = "\n".join(f"{x1},{y1},{x2},{y1},{x2},{y2},{x1},{y2},text" for x1, y1, x2, y2 in BOXES)
+    items = {f"p{i}.jpg": (jpeg_bytes(np.ascontiguousarray(image[..., ::-1])), gt) for i, image in enumerate(images)}
+    return write_icdar(tmp_path_factory.mktemp("labelled"), items)
+
+
+def test_cli_int8_check_reports_hmean_and_latency_of_both(checkpoint: Path, labelled: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m-int8.onnx"
+    result = run_dbtk("export", str(checkpoint), "--out", str(out), "--quantize", "int8", "--calibrate", str(labelled / "images"),
+                      "--check", "--data", str(labelled), "--max-drop", "100")
+    assert result.returncode == 0, result.stderr
+    assert "onnx int8 →" in result.stdout and "quantizing to INT8, calibrated on 3 images" in result.stderr
+    assert "checkpoint (torch fp32)" in result.stdout and "export (int8)" in result.stdout and "network ms/image" in result.stdout
+    assert "within --max-drop 100" in result.stdout
+
+
+def test_score_times_the_network_after_a_warm_up(checkpoint: Path, labelled: Path) -> None:
+    import time
+
+    from dbtk.data.formats import open_split
+    from dbtk.infer.detector import Detector
+    from dbtk.infer.evaluate import evaluate_detector
+    from dbtk.infer.export import score
+
+    reference = Detector.load(checkpoint, "cpu")
+    calls = []
+
+    class Slow:
+        input_size = None
+
+        def __call__(self, batch: np.ndarray) -> np.ndarray:
+            calls.append(len(batch))
+            time.sleep(0.05 * len(batch))
+            return reference.runtime(batch)
+
+    result = score(Detector(Slow(), reference.recipe), open_split(str(labelled)))
+    assert calls == [1, 1, 1, 1]  # the warm-up, then one call per page
+    assert result.images == 3 and result.ms_per_image >= 50
+    expected = evaluate_detector(reference, open_split(str(labelled))).summary
+    assert (result.precision, result.recall, result.hmean) == (expected.precision, expected.recall, expected.hmean)
+
+
+def test_check_fails_above_the_hmean_drop(checkpoint: Path, onnx_file: Path, labelled: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from dbtk.cli import export as command
+    from dbtk.errors import CheckFailed
+    from dbtk.infer import export as exporting
+    from dbtk.infer.detector import Detector
+
+    def fake_score(detector: Detector, _reader: object, _advance: object = None) -> exporting.Score:
+        exported = getattr(detector.runtime, "precision", None) is not None
+        return exporting.Score(0.9, 0.9, 0.885 if exported else 0.9, 3, 10.0 if exported else 30.0)
+
+    monkeypatch.setattr(exporting, "score", fake_score)
+    from dbtk.data.formats import open_split
+
+    command._check_scores(str(checkpoint), str(onnx_file), open_split(str(labelled)), max_drop=1.6)  # 1.5 points: passes
+    assert "3.00× the checkpoint's speed; within --max-drop 1.6" in capsys.readouterr().out
+    with pytest.raises(CheckFailed, match=r"the export loses 1.50 hmean points, more than --max-drop 1: hmean 0.8850 vs 0.9000"):
+        command._check_scores(str(checkpoint), str(onnx_file), open_split(str(labelled)), max_drop=1.0)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--out", "m.safetensors", "--precision", "fp16"], "--precision and --quantize apply to ONNX exports"),
+        (["--out", "m.onnx", "--precision", "fp16", "--quantize", "int8"], "--precision fp16 and --quantize int8: pick one"),
+        (["--out", "m.onnx", "--calibrate", "x"], "--calibrate is for --quantize int8"),
+        (["--out", "m.onnx", "--data", "."], "--data is what --check scores the export on"),
+        (["--out", "m.onnx", "--quantize", "int8", "--check"], "--check of an INT8 export needs --data DIR"),
+        (["--out", "m.onnx", "--quantize", "int8", "--check", "--data", ".", "--images", "x.jpg"], "--images compares probability maps"),
+    ],
+)
+def test_cli_precision_option_errors(checkpoint: Path, tmp_path: Path, options: list[str], message: str) -> None:
+    result = run_dbtk("export", str(checkpoint), *options, cwd=tmp_path)
+    assert result.returncode == 2 and f"error: {message}" in result.stderr and "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())

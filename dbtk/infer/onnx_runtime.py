@@ -2,7 +2,8 @@
 
 An ONNX file written by ``dbtk export`` carries the resolved recipe in its metadata, so post-processing and
 resizing settings travel with the graph. Its input is ``images``: uint8 RGB N×3×H×W (normalisation is inside the
-graph); its output ``prob``: float32 N×1×H×W.
+graph); its output ``prob``: float32 N×1×H×W — whatever precision the graph computes in (``precision`` metadata:
+fp32, fp16 or int8; files written before it existed are fp32).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
 
 #: metadata_props keys written by ``dbtk export --format onnx``.
 FORMAT_KEY, FORMAT = "dbtk_format", "dbtk-onnx-1"
+PRECISION_KEY = "precision"
+#: What an export's graph computes in: ``dbtk export --precision fp16`` or ``--quantize int8`` (fp32 otherwise).
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def require(module: str) -> Any:
@@ -72,6 +76,7 @@ class OnnxRuntime:
             raise DbtkError(f"{path} has no dbtk metadata", hint="export it with: dbtk export CHECKPOINT --format onnx")
         self.recipe: Recipe = recipes.loads(metadata["recipe"], source=f"{path} (embedded recipe)")
         self.metadata = dict(metadata)
+        self.precision = metadata.get(PRECISION_KEY, "fp32")
         batch, _, height, width = self.session.get_inputs()[0].shape
         self.batch = batch if isinstance(batch, int) else None
         self.input_size = (height, width) if isinstance(height, int) and isinstance(width, int) else None
