@@ -494,7 +494,7 @@ def weights_findings(weights: dict[str, Any]) -> list[Finding]:
         return [Finding(check, FAIL, f"{tag} is cached as a pickle only ({weights['pickled']}), which dbtk never loads",
                         f"dbtk weights import {weights['pickled']} --tag {tag}")]
     if weights["offline"]:
-        return [Finding(check, FAIL, f"{tag} is not in {cache} and HF_HUB_OFFLINE is set: training stops at its first line",
+        return [Finding(check, FAIL, f"{tag} is not in {cache} and HF_HUB_OFFLINE is set: training fails before its first step",
                         f"dbtk weights fetch {tag} where the hub can be reached (same HF_HOME), then copy the cache")]
     return [Finding(check, WARN, f"{tag} is not in {cache}: not available offline; training downloads it first",
                     f"dbtk weights fetch {tag} (on a login node when compute nodes have no network)")]
