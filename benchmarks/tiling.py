@@ -1,7 +1,8 @@
 """Tiled inference on one large page assembled from docs-dev val pages, against the same model on the pages.
 
 Usage: python benchmarks/tiling.py CHECKPOINT [--data ../shared/data/docs-dev/val] [--tile 1024] [--overlap PX]
-       [--scale 1.0] [--width 7800]     (prints a markdown table; one JSON line per measurement on stderr)
+       [--scale 1.0] [--width 7800] [--crops 2048 3072]
+       (prints a markdown table; one JSON line per measurement on stderr; --mode MODE runs one row alone)
 
 The val pages are packed at native scale (shelf by shelf, tallest first, 16 px white gaps) onto one canvas of at
 least 6000 × 4000 px, their labels shifted with them. Each way of running the model is scored with the ICDAR2015
@@ -10,7 +11,9 @@ metric in its own process, so its peak memory (the process's maximum resident se
 - pages: the split page by page, as ``dbtk eval`` runs it (the recipe's ``eval.long_side``);
 - pages, tiled: the same pages with ``eval.tile`` at ``eval.tile_scale`` (``--scale``), as the canvas is tiled;
 - canvas, one pass: the canvas resized to the recipe's ``eval.long_side`` (what inference without tiling does);
-- canvas, tiled: the canvas with ``eval.tile`` at ``eval.tile_scale``.
+- canvas, tiled: the canvas with ``eval.tile`` at ``eval.tile_scale``;
+- crop, one pass: for each ``--crops`` side, the canvas's top-left square of that side in one pass at native scale
+  (what one pass over the whole canvas would cost grows with the area; the canvas itself would not fit).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 from _common import DOCS_VAL, machine
 
 GAP = 16
-MODES = ("pages", "pages, tiled", "canvas, one pass", "canvas, tiled")
+MODES = ("pages", "pages, tiled", "canvas, one pass", "canvas, tiled", "crop, one pass")
 
 
 def resident_mb() -> float:
@@ -82,7 +85,17 @@ def run_mode(args: argparse.Namespace) -> dict:
         detector.configure(recipes.with_overrides(detector.recipe, settings))
     record = {"mode": args.mode, "long_side": detector.long_side, "tile": detector.tile, "overlap": detector.tile_overlap,
               "scale": detector.tile_scale}
-    if args.mode.startswith("pages"):
+    if args.mode == "crop, one pass":
+        canvas = assemble(args.data, args.width)[0]
+        crop = np.ascontiguousarray(canvas[: args.side, : args.side])
+        del canvas
+        detector.configure(recipes.with_overrides(detector.recipe, [f"eval.long_side={max(crop.shape[:2])}"]))
+        before = resident_mb()
+        start = time.perf_counter()
+        detector.detect_arrays([crop])
+        record.update(input=f"{crop.shape[1]} × {crop.shape[0]} crop of the canvas", long_side=detector.long_side)
+        summary = None
+    elif args.mode.startswith("pages"):
         reader = ICDAR2015(Split(args.data))
         before = resident_mb()
         start = time.perf_counter()
@@ -97,7 +110,7 @@ def run_mode(args: argparse.Namespace) -> dict:
         summary = summarize([evaluate_image(polygons, ignore, detections.polygons)])
         record["input"] = f"{canvas.shape[1]} × {canvas.shape[0]} canvas of {count} pages"
     record.update(seconds=time.perf_counter() - start, rss_before_mb=before,
-                  peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **summary.as_dict())
+                  peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, **(summary.as_dict() if summary else {}))
     return record
 
 
@@ -109,7 +122,9 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=None, help="default: the recipe's eval.tile_overlap")
     parser.add_argument("--scale", type=float, default=1.0, help="eval.tile_scale: the pages' scale before tiling")
     parser.add_argument("--width", type=int, default=7800, help="canvas width the pages are packed into")
-    parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)  # one measurement, in a child process
+    parser.add_argument("--crops", type=int, nargs="*", default=[2048, 3072], help="sides of the one-pass crops")
+    parser.add_argument("--mode", choices=MODES, help="run one measurement in this process and print its JSON")
+    parser.add_argument("--side", type=int, default=2048, help="with --mode 'crop, one pass': the crop's side")
     args = parser.parse_args()
     if args.mode:
         print(json.dumps(run_mode(args)))
@@ -118,10 +133,13 @@ def main() -> None:
     import torch
 
     records = []
-    for mode in MODES:
+    runs = [(mode, None) for mode in MODES[:-1]] + [(MODES[-1], side) for side in args.crops]
+    for mode, side in runs:
         command = [sys.executable, __file__, args.checkpoint, "--data", args.data, "--tile", str(args.tile), "--scale", str(args.scale), "--width", str(args.width), "--mode", mode]
         if args.overlap is not None:
             command += ["--overlap", str(args.overlap)]
+        if side is not None:
+            command += ["--side", str(side)]
         output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
         records.append(json.loads(output.strip().splitlines()[-1]))
         print(json.dumps(records[-1]), file=sys.stderr)
@@ -132,6 +150,9 @@ def main() -> None:
     print("| inference | input | precision | recall | hmean | seconds | peak RSS (MB) | added by inference (MB) |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in records:
+        if r["mode"] == "crop, one pass":
+            print(f"| one pass at native scale | {r['input']} | - | - | - | {r['seconds']:.1f} | {r['peak_mb']:.0f} | {r['peak_mb'] - r['rss_before_mb']:.0f} |")
+            continue
         tiles = f"tiled {r['tile']}, overlap {r['overlap']}, scale {r['scale']:g}"
         how = {"pages": f"pages at eval.long_side {r['long_side']}", "pages, tiled": f"pages, {tiles}",
                "canvas, one pass": f"one pass at eval.long_side {r['long_side']}", "canvas, tiled": tiles}[r["mode"]]

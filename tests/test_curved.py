@@ -139,7 +139,7 @@ def test_curved_run_reaches_the_straight_runs_hmean(tmp_path: Path) -> None:
     on_curves = []
     for index in range(8):
         sample = val.load(index)
-        found = detector(sample.decoded.image)
+        found = detector(sample.decoded.image)[0]
         score = evaluate_image([a.points for a in sample.annotations], [False] * len(sample.annotations), found.polygons)
         on_curves += [len(found.polygons[d]) for g, d in score.pairs if len(sample.annotations[g].points) == 2 * CURVE_POINTS]
     assert on_curves and min(on_curves) > 4, on_curves
