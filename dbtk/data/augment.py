@@ -3,15 +3,18 @@
 Scale, rotation, crop/placement and LongestMaxSize + pad are composed into one 2×3 affine matrix applied once to
 the pixels (``cv2.warpAffine``) and once to the polygon points, so boxes and pixels cannot drift apart and the
 image is resampled only once. Polygons are then clipped to the output and re-validated by
-:func:`dbtk.data.polygons.repair` (text that became too small turns into don't-care).
+:func:`dbtk.data.polygons.repair_all` (text that became too small turns into don't-care): :func:`crop_labels`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from dbtk.data.polygons import repair_all
 
 if TYPE_CHECKING:
     from dbtk.recipe import Data
@@ -97,6 +100,33 @@ def warp(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def crop_labels(
+    polygons: Sequence[np.ndarray], ignore: Sequence[bool], matrix: np.ndarray, size: int, min_size: float
+) -> tuple[list[np.ndarray], list[bool]]:
+    """The page's repaired polygons in the ``size`` × ``size`` output: moved by ``matrix``, clipped, sized.
+
+    The page's labels are repaired already, and an affine map without reflection keeps them valid and clockwise:
+    what is left to decide is the crop (outside: dropped, across its border: clipped) and the size. The result is
+    :func:`dbtk.data.polygons.repair_all` of every moved polygon, survivors kept — but all points move in one
+    array operation, and a polygon whose bounding box misses the output is dropped before repair (repair drops
+    it too: nothing of it has area inside), so a crop of a page pays only for the lines it shows.
+    """
+    if not len(polygons):
+        return [], []
+    lengths = np.array([len(points) for points in polygons])
+    starts = np.cumsum(lengths) - lengths
+    moved = transform_points(np.concatenate(polygons), matrix)
+    low, high = np.minimum.reduceat(moved, starts), np.maximum.reduceat(moved, starts)
+    shown = np.flatnonzero(((high > 0) & (low < size)).all(axis=1)).tolist()
+    pieces = [moved[starts[i] : starts[i] + lengths[i]] for i in shown]
+    kept, kept_ignore = [], []
+    for fixed in repair_all(pieces, size, size, ignore=[ignore[i] for i in shown], min_size=min_size):
+        if not fixed.dropped:
+            kept.append(fixed.points)
+            kept_ignore.append(fixed.ignore)
+    return kept, kept_ignore
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:

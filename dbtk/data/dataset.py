@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dbtk.data.augment import AugmentConfig, color_jitter, random_affine, transform_points, warp
+from dbtk.data.augment import AugmentConfig, color_jitter, crop_labels, random_affine, warp
 from dbtk.data.images import ImageError
 from dbtk.data.labels import prepare
-from dbtk.data.polygons import repair_all
 from dbtk.data.targets import make_targets
 from dbtk.errors import DbtkError
 
@@ -195,14 +194,7 @@ class DetectionDataset:
         matrix = random_affine(rng, width, height, polygons, ignore, self.config)
         size = self.config.size
         out_image = color_jitter(warp(image, matrix, size), rng, self.config.color_jitter)
-        # The page's labels are repaired already, and an affine map without reflection keeps them valid and
-        # clockwise: what is left to decide is the crop (outside: dropped, across its border: clipped) and size.
-        moved = [transform_points(points, matrix) for points in polygons]
-        out_polygons, out_ignore = [], []
-        for fixed in repair_all(moved, size, size, ignore=ignore, min_size=self.min_text_size):
-            if not fixed.dropped:
-                out_polygons.append(fixed.points)
-                out_ignore.append(fixed.ignore)
+        out_polygons, out_ignore = crop_labels(polygons, ignore, matrix, size, self.min_text_size)
         targets = make_targets(out_polygons, out_ignore, size, size, self.shrink_ratio, self.thresh_min, self.thresh_max)
         sample = {"image": out_image, **targets, "repairs": dict(repairs)}
         if self.cache and self.deterministic:
