@@ -3,9 +3,10 @@
 Usage: python benchmarks/loader.py [--data ../shared/data/docs-dev/train] [--samples 80] [--markdown]
 
 Single-threaded (one OpenCV thread, no DataLoader workers), as one loader worker runs. Every part is timed on
-the same samples in the same run: JPEG decode, label path (orientation + repair + keep/skip), the affine warp,
-the labels after the transform (crop and size), colour jitter, DB targets, collate; then whole samples through
-``DetectionDataset`` with the cache off and with the decoded-page cache warm.
+the same samples in the same run: JPEG decode, label path (orientation + repair + keep/skip), reading the page
+from the warm cache instead, the affine warp, the labels after the transform (crop and size), colour jitter, DB
+targets, collate; then whole samples through ``DetectionDataset`` with the cache off and with the decoded-page
+cache warm.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ from pathlib import Path
 import numpy as np
 
 from dbtk import recipe as recipes
-from dbtk.data.augment import color_jitter, random_affine, transform_points, warp
+from dbtk.data.augment import color_jitter, crop_labels, random_affine, warp
 from dbtk.data.dataset import DetectionDataset, collate
 from dbtk.data.formats import open_split
 from dbtk.data.images import read_image
 from dbtk.data.labels import prepare
-from dbtk.data.polygons import repair_all
 from dbtk.data.targets import make_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,8 +67,7 @@ def main() -> None:
     rngs = [np.random.default_rng([0, 0, i]) for i in range(count)]
     matrices = [random_affine(rngs[i], labels[i].image.shape[1], labels[i].image.shape[0], labels[i].polygons, labels[i].ignore, config) for i in range(count)]
     warped = [warp(labels[i].image, matrices[i], size) for i in range(count)]
-    moved = [repair_all([transform_points(p, matrices[i]) for p in labels[i].polygons], size, size, ignore=labels[i].ignore, min_size=data.min_text_size) for i in range(count)]
-    kept = [([r.points for r in m if not r.dropped], [r.ignore for r in m if not r.dropped]) for m in moved]
+    kept = [crop_labels(labels[i].polygons, labels[i].ignore, matrices[i], size, data.min_text_size) for i in range(count)]
     samples = [dataset[i] for i in range(count)]
     paths = [reader.source(i) for i in range(count)]
 
@@ -76,7 +75,7 @@ def main() -> None:
         "JPEG decode (baseline)": per_sample(lambda i: read_image(paths[i]), count),
         "label path (orient, repair, keep/skip)": per_sample(lambda i: prepare(pages[i], reader.exif), count),
         "random affine + warp": per_sample(lambda i: warp(labels[i].image, random_affine(np.random.default_rng(i), labels[i].image.shape[1], labels[i].image.shape[0], labels[i].polygons, labels[i].ignore, config), size), count),
-        "labels after the transform": per_sample(lambda i: repair_all([transform_points(p, matrices[i]) for p in labels[i].polygons], size, size, ignore=labels[i].ignore, min_size=data.min_text_size), count),
+        "labels after the transform": per_sample(lambda i: crop_labels(labels[i].polygons, labels[i].ignore, matrices[i], size, data.min_text_size), count),
         "colour jitter": per_sample(lambda i: color_jitter(warped[i], np.random.default_rng(i), data.color_jitter), count),
         "DB targets": per_sample(lambda i: make_targets(*kept[i], size, size, data.shrink_ratio, data.thresh_min, data.thresh_max), count),
         "collate (per sample)": per_sample(lambda i: collate([samples[i]]), count),
@@ -87,9 +86,11 @@ def main() -> None:
         for i in range(count):
             cached[i]  # fill the cache
         whole_warm = per_sample(lambda i: cached[i], count)
+        read_warm = per_sample(lambda i: cached.page(i), count)
 
     decode = parts["JPEG decode (baseline)"]
     rows = [(name, ms, ms / decode) for name, ms in parts.items()]
+    rows.insert(2, ("page from the warm cache (instead of the two above)", read_warm, read_warm / decode))
     rows += [("**one sample, cache off**", whole_off, whole_off / decode), ("**one sample, cache warm**", whole_warm, whole_warm / decode)]
     per_worker = 1e3 / whole_off
     print(f"{count} docs-dev train pages, crop {size}, single-threaded; {per_worker:.0f} samples/s per worker (cache off), "
