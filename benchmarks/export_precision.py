@@ -74,7 +74,7 @@ def main() -> None:
     counts = sum(r.reference_boxes == r.export_boxes for r in round_trip)
     within = all(r.max_abs_diff <= tolerance and r.max_box_shift <= box_shift for r in round_trip)
     fp16_line = (f"fp16 vs fp32 ONNX on the same {len(round_trip)} pages: max |Δprob| {max(r.max_abs_diff for r in round_trip):.1e}, "
-                 f"same box count on {counts}, largest box corner shift {max(r.max_box_shift for r in round_trip):.2f} px "
+                 f"same box count on {counts}, largest box shift (Hausdorff, to the nearest box) {max(r.max_box_shift for r in round_trip):.2f} px "
                  f"(boxes scored within {margin:g} of box_thresh aside): {'within' if within else 'OUTSIDE'} the --check tolerance; "
                  "export took " + ", ".join(f"{p} {s:.0f} s" for p, s in seconds.items()))
     if args.markdown:

@@ -267,6 +267,22 @@ def test_box_shift_pairs_nearest_boxes_and_lets_marginal_ones_come_and_go() -> N
     assert _box_shift(reference, Detections([], np.zeros(0, np.float32)), 0.5, 0.05) == float("inf")
 
 
+def test_box_shift_of_a_turned_near_square_box_is_how_far_its_region_moved() -> None:
+    """A small blob's minimum-area rectangle may come out turned by 45 degrees from one map to the next (img_19 of
+    docs-dev val under fp16): its corners are 7 px apart, its region barely moves."""
+    from dbtk.infer.export import _box_shift
+    from dbtk.infer.postprocess import Detections
+
+    upright = np.array([[465, 443], [480, 443], [480, 458], [465, 458]], np.float32)
+    centre = upright.mean(axis=0)
+    turned = centre + (upright - centre) @ (np.array([[1, -1], [1, 1]], np.float32) / np.sqrt(2)).T
+    assert np.linalg.norm(turned - upright, axis=1).max() > 5  # corner to corner: far
+    score = np.array([0.9], np.float32)
+    assert _box_shift(Detections([upright], score), Detections([turned], score), 0.5, 0.05) < 3.2  # 7.5·(√2−1)
+    bowed = np.array([[465, 443], [472.5, 441], [480, 443], [480, 458], [465, 458]], np.float32)  # other lengths too
+    assert _box_shift(Detections([upright], score), Detections([bowed], score), 0.5, 0.05) == pytest.approx(2.0)
+
+
 def test_cli_fp16_check(checkpoint: Path, images: list[np.ndarray], tmp_path: Path) -> None:
     page = tmp_path / "page.jpg"
     page.write_bytes(jpeg_bytes(np.ascontiguousarray(images[0][..., ::-1])))

@@ -265,21 +265,24 @@ def _same_boxes(a: Detections, b: Detections) -> bool:
 
 
 def _box_shift(a: Detections, b: Detections, box_thresh: float, margin: float) -> float:
-    """How far the boxes moved: each box's distance (its largest corner distance; boxes come clockwise from the
-    top-left) to the nearest box of the other set, the worst over both sets, leaving out boxes scored within
-    ``margin`` of ``box_thresh``; infinite when a box that counts has no counterpart at all. Nearest, not paired in
-    order: a small change of the map can reorder the contours post-processing lists."""
-    polygons = [*a.polygons, *b.polygons]
-    if any(p.shape != polygons[0].shape for p in polygons):  # polygons of varying length: only identity compares
-        return 0.0 if _same_boxes(a, b) else float("inf")
+    """How far the boxes moved: each box's Hausdorff distance to the nearest box of the other set, the worst over
+    both sets, leaving out boxes scored within ``margin`` of ``box_thresh``; infinite when a box that counts has
+    no counterpart at all. Nearest, not paired in order: a small change of the map can reorder the contours
+    post-processing lists. Hausdorff, not corner to corner: the minimum-area rectangle of a near-square blob may
+    turn by many degrees (its corners far apart) while the region it covers hardly moves."""
+    import shapely
+
     worst = 0.0
     for mine, theirs in ((a, b), (b, a)):
         counted = [p for p, score in zip(mine.polygons, mine.scores, strict=True) if abs(score - box_thresh) > margin]
         if counted and not len(theirs):
             return float("inf")
         if counted:
-            corners = np.linalg.norm(np.stack(counted)[:, None] - np.stack(theirs.polygons)[None], axis=-1).max(axis=-1)
-            worst = max(worst, float(corners.min(axis=1).max()))
+            distances = shapely.hausdorff_distance(
+                shapely.polygons([p.astype(np.float64) for p in counted])[:, None],
+                shapely.polygons([p.astype(np.float64) for p in theirs.polygons])[None, :],
+            )
+            worst = max(worst, float(distances.min(axis=1).max()))
     return worst
 
 
