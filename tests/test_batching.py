@@ -93,3 +93,30 @@ def test_stream_reads_a_bounded_window(recipe: recipes.Recipe) -> None:
     detector = Detector(Dark(), recipe)
     first = next(iter(detector.detect_stream(endless(), batch_size=2)))
     assert first[0] == 0 and len(pulled) <= 2 * WINDOW + 1
+
+
+def test_dbtk_predict_batches_its_images_and_skips_unreadable_ones(
+    recipe: recipes.Recipe, tmp_path, monkeypatch: pytest.MonkeyPatch  # noqa: ANN001
+) -> None:
+    import json
+
+    import cv2
+    from click.testing import CliRunner
+
+    from dbtk.cli.predict import predict
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, image in enumerate(images(5, [(64, 96)])):
+        cv2.imwrite(str(folder / f"page{i}.png"), image)
+    (folder / "broken.png").write_bytes(b"not an image")
+    counting = Dark()
+    monkeypatch.setattr(Detector, "load", classmethod(lambda cls, path, device="auto": Detector(counting, recipe)))
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"")
+    result = CliRunner().invoke(predict, [str(model), str(folder), "--out", str(tmp_path / "out"), "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    assert counting.calls == [2, 2, 1]  # ⌈5/2⌉ forward passes, not one per image
+    written = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
+    assert written == [f"page{i}.json" for i in range(5)]
+    assert all(json.loads((tmp_path / "out" / name).read_text())["detections"] for name in written)

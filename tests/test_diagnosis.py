@@ -103,3 +103,14 @@ def test_evaluation_carries_the_diagnosis_into_its_json() -> None:
     assert found.summary.hmean == 0 and found.diagnosis is not None
     record = json.loads(json.dumps(found.as_dict()))["diagnosis"]
     assert record["setting"] == "postprocess.box_thresh" and record["message"].startswith("hmean 0.000 with 0 boxes")
+
+
+def test_dbtk_eval_prints_the_diagnosis_after_its_table(capsys: pytest.CaptureFixture[str]) -> None:
+    from dbtk.cli.eval import _print_summary
+
+    split = recipes.Split("val")
+    reader = SyntheticText(split, count=2, val_count=3, width=128, height=128, min_height=8, max_height=20)
+    found = evaluate_detector(detector(data={"image_size": 128}, eval={"long_side": 128}), reader)
+    _print_summary(found, worst=0)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "warning: hmean 0.000 with 0 boxes" in err and "postprocess.box_thresh" in err

@@ -110,6 +110,8 @@ def _print_summary(result, worst: int) -> None:  # noqa: ANN001
         _ui.console().print(low)
     for problem in result.problems[:10]:
         _ui.warn(f"{problem.where()}: {problem.reason}: {problem.detail}")
+    if result.diagnosis:  # the scale looks wrong for this model: name the setting to change
+        _ui.warn(result.diagnosis.message)
 
 
 def _write_overlays(kept, reader, result, folder, worst: int) -> None:  # noqa: ANN001

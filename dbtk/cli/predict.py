@@ -60,16 +60,20 @@ def predict(
         detector.configure(recipes.with_overrides(detector.recipe, [f"eval.tile={tile}", f"eval.tile_overlap={overlap}"]))
     receipt: dict = {}
     failed = 0
-    with _ui.progress("predicting", len(paths)) as advance:
+
+    def readable():  # noqa: ANN202 - (path, image) pairs; unreadable images are reported and skipped
+        nonlocal failed
         for path in paths:
-            advance()
             try:
-                image = read_image(path).image
+                yield path, read_image(path).image
             except ImageError as exc:
                 _ui.warn(str(exc))
                 failed += 1
-                continue
-            detections = detector.detect_arrays([image], batch_size)[0]
+                advance()
+
+    with _ui.progress("predicting", len(paths)) as advance:
+        for path, image, detections in detector.detect_stream(readable(), batch_size):  # batched: --batch-size
+            advance()
             if out_format == "json":
                 write_json(out / f"{path.stem}.json", detections_json(path.name, (image.shape[1], image.shape[0]), detections))
             elif out_format == "icdar":
