@@ -42,3 +42,21 @@ def did_you_mean(word: str, candidates: Iterable[str]) -> str:
     """Return `` (did you mean 'x'?)`` for the closest candidate, or an empty string."""
     matches = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
     return f" (did you mean '{matches[0]}'?)" if matches else ""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal, received as a KeyboardInterrupt: SIGTERM (``kill``, ``docker stop``, a batch scheduler ending a
+    job) would otherwise end the process at once, and a training run would lose every step since its last
+    checkpoint; with it a command ends as on Ctrl-C (training saves first). The exit code is 128 + the signal's
+    number, what a shell reports for a process that signal ended (143 for SIGTERM, 130 for Ctrl-C's SIGINT)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+    @property
+    def signal_name(self) -> str:
+        import signal
+
+        return signal.Signals(self.signum).name

@@ -12,22 +12,26 @@ This module must not import torch or any other heavy dependency.
 from __future__ import annotations
 
 import difflib
+import inspect
 import json
 import math
 import os
 import re
 import sys
+import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union, get_args, get_origin
 
 import attrs
 import cattrs
+from cattrs.cols import list_structure_factory
 from cattrs.errors import (
     ClassValidationError,
     ForbiddenExtraKeysError,
     IterableValidationError,
 )
+from cattrs.gen import make_dict_structure_fn
 
 from dbtk.errors import DbtkError, RecipeError
 
@@ -122,6 +126,27 @@ def not_empty() -> Callable[[Any, attrs.Attribute, Any], None]:
     return _validator(lambda v: bool(v.strip()), "a non-empty string")
 
 
+def a_folder_name() -> Callable[[Any, attrs.Attribute, Any], None]:
+    """A run name becomes ``runs/NAME``: a separator or ``..`` would put the run (and its checkpoints) elsewhere."""
+    return _validator(
+        lambda v: bool(v.strip()) and v not in (".", "..") and not any(c in v for c in "/\\\0"),
+        "a folder name (not empty, '.' or '..', without '/' or '\\')",
+    )
+
+
+#: Devices ``dbtk.io.device.resolve_device`` turns into a torch device; checked with the recipe, before torch loads.
+DEVICES = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
+
+
+def valid_device(name: str) -> bool:
+    """Whether ``name`` is a device dbtk can train and run on (:data:`DEVICES`)."""
+    return DEVICES.fullmatch(name) is not None
+
+
+def a_device() -> Callable[[Any, attrs.Attribute, Any], None]:
+    return _validator(valid_device, "'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+
 def _field(default: Any, help: str, validator: Any = None, factory: bool = False) -> Any:
     metadata = {"help": help}
     if factory:
@@ -213,7 +238,7 @@ class Train:
     scheduler: str = _field("poly", "learning-rate schedule after warmup: 'poly', 'cosine' or 'constant'", one_of("poly", "cosine", "constant"))
     warmup_steps: int = _field(0, "linear warmup steps", between(0, MAX_STEPS))
     workers: int = _field(4, "data-loader worker processes", between(0, MAX_WORKERS))
-    device: str = _field("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    device: str = _field("auto", "'auto' (cuda, then mps, then cpu), 'cpu', 'cuda', 'cuda:N' or 'mps'", a_device())
     val_every: int = _field(1, "validate every N epochs (0 = never)", between(0, 1_000_000))
     val_every_steps: int = _field(0, "also validate every N optimizer steps (0 = off)", between(0, MAX_STEPS))
     checkpoint_every: int = _field(500, "write checkpoints/last every N optimizer steps, besides each epoch end (0 = epoch ends only)", between(0, MAX_STEPS))
@@ -255,7 +280,7 @@ class Eval:
 
 @attrs.define
 class Recipe:
-    name: str = _field("dbtk", "run name (the default run folder is runs/NAME)")
+    name: str = _field("dbtk", "run name (the default run folder is runs/NAME): a folder name, without / or ..", a_folder_name())
     seed: int = _field(42, "seed for Python, numpy and torch RNGs", between(0, 2**32 - 1))
     model: Model = _field(Model, "model components", factory=True)
     loss: Component = _field(lambda: Component("db"), "registered loss plus its parameters", factory=True)
@@ -349,8 +374,36 @@ def _make_converter() -> cattrs.Converter:
     return converter
 
 
+def _table_hook(cls: type) -> Callable[[Any, type], Any]:
+    """cattrs' structuring of a schema table, refusing a value that is not a table: cattrs alone would test keys
+    with ``in`` and fail with "argument of type 'int' is not iterable" (``train = 5``)."""
+    generated = make_dict_structure_fn(cls, converter)
+
+    def structure(value: Any, tp: type) -> Any:
+        if not isinstance(value, Mapping):
+            raise TypeError(f"expected a table, got {_describe(value)}")
+        return generated(value, tp)
+
+    return structure
+
+
+def _array_hook(tp: Any) -> Callable[[Any, type], Any]:
+    """cattrs' structuring of an array, refusing a value that is not one: cattrs alone would iterate a string
+    character by character (``loggers = "jsonl"`` as five loggers) and a table key by key."""
+    generated = list_structure_factory(tp, converter)
+
+    def structure(value: Any, tp: type) -> Any:
+        if not isinstance(value, list):
+            raise TypeError(f"expected an array, got {_describe(value)}")
+        return generated(value, tp)
+
+    return structure
+
+
 _base_converter = _make_converter()
 converter = _make_converter()
+converter.register_structure_hook_factory(lambda tp: _is_table(tp), _table_hook)  # _is_table: defined below
+converter.register_structure_hook_factory(lambda tp: get_origin(tp) is list, _array_hook)
 converter.register_structure_hook(Component, _structure_component)
 converter.register_unstructure_hook(Component, _unstructure_component)
 converter.register_structure_hook(Split | None, _structure_split)
@@ -504,6 +557,8 @@ def _build(data: dict[str, Any], overrides: Sequence[str], source: str, folder: 
 # ---------------------------------------------------------------------------------------------- paths
 #: Dataset readers whose ``data.train`` / ``data.val`` values are split names, not paths: left as written.
 NAMED_SPLIT_FORMATS = frozenset({"synthetic"})
+#: Suffixes of weights files: a ``pretrained`` string ending in one is a file, even one that does not exist yet.
+WEIGHTS_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar", ".npz")
 
 
 def _absolute_paths(recipe: Recipe, folder: Path | None, overridden: Sequence[tuple[str, ...]]) -> Recipe:
@@ -512,11 +567,14 @@ def _absolute_paths(recipe: Recipe, folder: Path | None, overridden: Sequence[tu
 
     Path keys: ``data.train`` and ``data.val`` (images and annotations) unless the format is one of
     :data:`NAMED_SPLIT_FORMATS`, ``data.cache`` unless 'off' or 'auto', and the encoder's ``pretrained`` when it
-    is a string.
+    is a string that names a file (see :func:`_names_a_file`; a timm tag stays as written).
     """
 
+    def base_of(key: tuple[str, ...]) -> Path | None:
+        return Path.cwd() if any(key[: len(parts)] == parts for parts in overridden) else folder
+
     def resolve(key: tuple[str, ...], value: str) -> str:
-        base = Path.cwd() if any(key[: len(parts)] == parts for parts in overridden) else folder
+        base = base_of(key)
         return value if base is None else os.path.normpath(base / Path(value).expanduser())
 
     data, encoder = recipe.data, recipe.model.encoder
@@ -532,10 +590,22 @@ def _absolute_paths(recipe: Recipe, folder: Path | None, overridden: Sequence[tu
                 )
     if data.cache not in ("off", "auto"):
         changes["cache"] = resolve(("data", "cache"), data.cache)
+    key = ("model", "encoder", "pretrained")
     pretrained = encoder.params.get("pretrained")
-    if isinstance(pretrained, str) and pretrained:
-        encoder = attrs.evolve(encoder, params={**encoder.params, "pretrained": resolve(("model", "encoder", "pretrained"), pretrained)})
+    if isinstance(pretrained, str) and _names_a_file(pretrained, base_of(key)):
+        encoder = attrs.evolve(encoder, params={**encoder.params, "pretrained": resolve(key, pretrained)})
     return attrs.evolve(recipe, data=attrs.evolve(data, **changes), model=attrs.evolve(recipe.model, encoder=encoder))
+
+
+def _names_a_file(value: str, base: Path | None) -> bool:
+    """Whether an encoder's ``pretrained`` string is a file rather than a timm pretrained tag (``resnet18.a1_in1k``,
+    which must reach the encoder as written, not as ``/recipe/folder/resnet18.a1_in1k``): it has a folder in it
+    (or ``~``), ends in a weights suffix, or exists next to the recipe (or in the current folder, for ``--set``)."""
+    if not value:
+        return False
+    if any(sep in value for sep in ("/", "\\", os.sep)) or value.startswith("~") or value.lower().endswith(WEIGHTS_SUFFIXES):
+        return True
+    return (base or Path.cwd()).joinpath(value).exists()
 
 
 # ---------------------------------------------------------------------------------------------- --set overrides
@@ -748,11 +818,86 @@ def check_components(recipe: Recipe, reg: Registry, *, import_components: bool =
             if import_components:
                 factory = reg.load_entry(entry)
                 check_params(factory, component.params, kind=kind, name=component.name, provided=PROVIDED[kind])
+                check_param_types(factory, component.params, kind=kind, name=component.name)
         except DbtkError as exc:
             exc.message = f"{path}: {exc.message}"
             raise
         resolved.append((path, entry))
+    if import_components:
+        _build_named_splits(recipe, reg)
     return resolved
+
+
+#: Annotations whose values a recipe can hold, and how an error names them.
+_VALUE_TYPES: dict[type, str] = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def check_param_types(factory: Callable[..., Any], params: Mapping[str, Any], *, kind: str, name: str) -> None:
+    """Check recipe values against the factory's parameter annotations where they are plain values (``int``,
+    ``float``, ``bool``, ``str``, unions of them and ``None``): the signature check passes ``count = "8"`` or
+    ``count = 1.5``, which would fail (or misbehave) only when the component runs. Other annotations are the
+    component's own to check."""
+    try:
+        parameters = inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # builtins without a signature: the call itself reports
+        return
+    namespace = vars(sys.modules[factory.__module__]) if getattr(factory, "__module__", None) in sys.modules else {}
+    for key, value in params.items():
+        parameter = parameters.get(key)
+        allowed = _value_types(parameter.annotation, namespace) if parameter is not None else None
+        if allowed is None or _has_type(value, allowed):
+            continue
+        raise RecipeError(
+            f"parameter '{key}' of {kind} '{name}' must be {' or '.join(_VALUE_TYPES[t] for t in allowed)}, got {_describe(value)}",
+            hint=f"its annotation in {getattr(factory, '__qualname__', name)}: {_annotation_text(parameter.annotation)}",
+        )
+
+
+def _value_types(annotation: Any, namespace: Mapping[str, Any]) -> tuple[type, ...] | None:
+    """The plain value types ``annotation`` allows (``None`` dropped: TOML has no null), or None when it names
+    anything else or cannot be evaluated (a name imported only for type checkers)."""
+    if annotation is inspect.Parameter.empty:
+        return None
+    if isinstance(annotation, str):
+        try:
+            annotation = eval(annotation, dict(namespace))  # noqa: S307 - the component's own annotation text
+        except Exception:  # noqa: BLE001 - unresolvable names: not a plain value type
+            return None
+    members = get_args(annotation) if get_origin(annotation) in (Union, types.UnionType) else (annotation,)
+    members = tuple(m for m in members if m is not type(None))
+    if not members or not all(m in _VALUE_TYPES for m in members):
+        return None
+    return members
+
+
+def _has_type(value: Any, allowed: tuple[type, ...]) -> bool:
+    if isinstance(value, bool):
+        return bool in allowed
+    if isinstance(value, int):
+        return int in allowed or float in allowed
+    return any(isinstance(value, t) for t in allowed if t is not bool)
+
+
+def _annotation_text(annotation: Any) -> str:
+    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+
+
+def _build_named_splits(recipe: Recipe, reg: Registry) -> None:
+    """Build the reader of a format whose splits are names (:data:`NAMED_SPLIT_FORMATS`: building reads no file),
+    so that its own checks of its parameters (``count = -1``) run when the recipe is checked, not when training
+    starts. Readers of folders are built, and their folders read, by ``dbtk train --dry-run``."""
+    data = recipe.data
+    if data.format.name.rpartition(":")[2] not in NAMED_SPLIT_FORMATS:
+        return
+    for key, split in (("data.train", data.train), ("data.val", data.val)):
+        try:
+            reg.build("dataset", data.format.as_table(), split=split)
+        except DbtkError as exc:
+            exc.message = f"{key}: {exc.message}"
+            raise
+        except Exception as exc:  # noqa: BLE001 - a reader's own check (ValueError ...) is the user's to fix
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise RecipeError(f"{key}: dataset '{data.format.name}' refused its settings: {type(exc).__name__}: {first}") from exc
 
 
 def field_docs() -> list[tuple[str, str, Any, str]]:

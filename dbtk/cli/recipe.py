@@ -18,7 +18,9 @@ def recipe() -> None:
 def check(path: str, overrides: tuple[str, ...], no_import: bool, as_json: bool) -> None:
     """Validate RECIPE: keys, types, ranges, component names and parameters, and that the model builds and runs.
 
-    Builds the model and loss on the CPU and runs one small forward pass, so a recipe that passes can train.
+    Checks component parameters against their signatures and annotations, builds a reader that reads no files
+    (synthetic) so its own checks run, builds the model and loss on the CPU and runs one small forward pass, so a
+    recipe that passes can train.
     Prints the fully resolved recipe (defaults filled in, paths absolute) and where each component comes from.
     Exit code 0 when valid, 2 with a one-line error naming the key otherwise.
     """

@@ -16,6 +16,18 @@ if TYPE_CHECKING:
 MAX_STEPS = 100_000_000
 
 
+def _device(value: str | None, param: click.Parameter) -> str | None:
+    """--device checked like train.device (``dbtk.recipe.valid_device``), before anything is built: torch accepts
+    names (``meta``, ``xpu``) that dbtk cannot train on, and would refuse others only after the model was built."""
+    if value is None:
+        return None
+    from dbtk.recipe import valid_device
+
+    if not valid_device(value):
+        raise click.BadParameter(f"{value!r} is not a device: use auto, cpu, cuda, cuda:N or mps", param=param)
+    return value
+
+
 @click.command()
 @click.argument("recipe_path", metavar="RECIPE", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a recipe key, e.g. train.lr=5e-4.")
@@ -23,7 +35,8 @@ MAX_STEPS = 100_000_000
 @click.option("--resume", "resume", is_flag=False, flag_value="", default=None, metavar="[CHECKPOINT]",
               help="Continue a run: from RUN/checkpoints/last.safetensors, or from the given checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Validate the recipe, build everything, print the plan, and stop.")
-@click.option("--device", default=None, help="Override train.device (auto, cpu, cuda, cuda:N, mps).")
+@click.option("--device", default=None, callback=lambda _ctx, param, value: _device(value, param),
+              help="Override train.device (auto, cpu, cuda, cuda:N, mps).")
 @click.option("--stop-at", type=click.IntRange(1, MAX_STEPS), default=None, metavar="STEP",
               help="Save checkpoints/last and stop after this optimizer step (time-limited jobs); --resume continues.")
 @click.option("--nproc", type=click.IntRange(1, 128), default=1, show_default=True,
@@ -35,7 +48,8 @@ def train(
     """Train with RECIPE (a TOML file; see 'dbtk recipe keys').
 
     Writes RUN/recipe.toml (resolved), RUN/metrics.jsonl, RUN/checkpoints/{last,best}.safetensors and
-    RUN/curves.png. Ctrl-C saves checkpoints/last.safetensors and exits with code 130; --resume continues.
+    RUN/curves.png. Ctrl-C (or SIGTERM) saves checkpoints/last.safetensors and exits with code 130 (143); --resume
+    continues.
     Several GPUs: --nproc N, or torchrun --nproc_per_node N -m dbtk train RECIPE (docs/distributed.md).
     """
     import time
@@ -81,6 +95,9 @@ def train(
         _, run_recipe, _ = read_training_state(resume_from)  # the run's own recipe: resuming may not change it
         recipe = recipes.with_planned_steps(run_recipe, recipe)
         recipes.check_resume(run_recipe, recipe, f"{resume_from.absolute()} (embedded recipe)")
+    from dbtk.registry import registry
+
+    recipes.check_components(recipe, registry)  # what `dbtk recipe check` checks, the same way
     check_model(recipe)
     trainer = None
     try:
@@ -120,14 +137,15 @@ def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resumin
     from dbtk.cli import _ui
     from dbtk.engine import budget
     from dbtk.engine.trainer import StopRequested
+    from dbtk.errors import Interrupted
 
     if not main_rank:  # other DDP ranks train silently; rank 0 reports for all
         if dry_run:
             return
         try:
             trainer.run()
-        except KeyboardInterrupt:
-            raise SystemExit(130) from None
+        except KeyboardInterrupt as exc:
+            raise SystemExit(getattr(exc, "exit_code", 130)) from None
         except StopRequested:
             return
         return
@@ -148,9 +166,10 @@ def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resumin
         return
     try:
         trainer.run()
-    except KeyboardInterrupt:
-        _ui.warn(f"interrupted at step {trainer.state.position.step}: saved {run_dir / 'checkpoints' / 'last.safetensors'}; continue with --resume")
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (dbtk.errors.Interrupted), after the step and its checkpoint
+        what = f"terminated by {exc.signal_name}" if isinstance(exc, Interrupted) and exc.exit_code != 130 else "interrupted"
+        _ui.warn(f"{what} at step {trainer.state.position.step}: saved {run_dir / 'checkpoints' / 'last.safetensors'}; continue with --resume")
+        raise SystemExit(getattr(exc, "exit_code", 130)) from None
     except StopRequested:
         _ui.console().print(f"[green]✓[/] stopped after step {trainer.state.position.step} as asked; continue with --resume")
         return

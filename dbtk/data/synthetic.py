@@ -70,6 +70,7 @@ class SyntheticText:
                  f"need 4 <= min_height <= max_height <= height - 16, got {min_height}, {max_height} (height {height})")
         _require(0 <= rotate <= 45, f"rotate must be 0-45 degrees, got {rotate}")
         _require(0 <= curved <= 1, f"curved must be a fraction of the lines, 0-1, got {curved}")
+        _require(seed >= 0, f"seed must be 0 or more (numpy seeds are unsigned), got {seed}")
         name = split.images if split is not None else "train"
         self.count = val_count if name == "val" else count
         self.width, self.height = width, height
