@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.reader import EXIF_FRAMES, Annotation, FileReader, Problem, Record
+from dbtk.data.reader import EXIF_FRAMES, Annotation, FileReader, Problem, Record, read_labels
 from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
@@ -113,7 +113,8 @@ class ICDAR2015(FileReader):
                 self.problems.append(Problem(str(image_path), None, "missing_gt", f"no gt_{image_path.stem}.txt in {labels}"))
                 continue
             used.add(label)
-            self.records.append(Record(image_path.name, image_path, parse_icdar_file(label, self.problems), label))
+            annotations, unreadable = read_labels(parse_icdar_file, label, self.problems)
+            self.records.append(Record(image_path.name, image_path, annotations, label, unreadable))
         for orphan in sorted(set(labels.glob("*.txt")) - used):  # labels whose image is gone: reported, not guessed
             self.problems.append(Problem(str(orphan), None, "missing_image", f"no image for this label file in {images}"))
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dbtk.data.formats import _images_in, _require_dir
-from dbtk.data.reader import Problem, Record
+from dbtk.data.reader import Problem, Record, read_labels
 from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
@@ -123,7 +123,8 @@ def pair_label_files(
             reader.problems.append(Problem(str(image), None, "missing_gt", f"no {names(image.stem)[0]} in {labels}"))
             continue
         used.add(label)
-        reader.records.append(Record(image.name, image, parse(label, reader.problems), label))
+        annotations, unreadable = read_labels(parse, label, reader.problems)
+        reader.records.append(Record(image.name, image, annotations, label, unreadable))
     orphans = {path for pattern in patterns for path in labels.glob(pattern)} - used
     for orphan in sorted(orphans):
         reader.problems.append(Problem(str(orphan), None, "missing_image", f"no image for this label file in {images}"))

@@ -15,7 +15,7 @@ import numpy as np
 from dbtk.data.polygons import DROPPED, Reason, repair_all
 from dbtk.data.reader import RawSample
 
-#: The reason a whole sample is skipped when it had labels and none of them survived repair.
+#: The reason a whole sample is skipped when it had labels and none of them survived reading and repair.
 NO_VALID_POLYGONS = "no_valid_polygons"
 
 
@@ -54,7 +54,9 @@ def prepare(sample: RawSample, exif: str, *, min_size: float = 0.0) -> Labels:
     """Orient ``sample``'s labels to its decoded pixels, repair each polygon against the image bounds and decide.
 
     A sample with labels of which nothing usable is left is marked ``skip = "no_valid_polygons"``: training on
-    it would teach that its text is background, and scoring it would count its text as missed. A sample without
+    it would teach that its text is background, and scoring it would count its text as missed. That includes labels
+    that could not be read at all (``RawSample.unreadable``, e.g. ICDAR lines that are not 8 numbers): an image
+    whose every line failed is no more a page without text than one whose every polygon did. A sample without
     labels at all is kept (a page with no text is a valid negative example).
     """
     image = sample.decoded.image
@@ -69,6 +71,6 @@ def prepare(sample: RawSample, exif: str, *, min_size: float = 0.0) -> Labels:
             labels.ignore.append(fixed.ignore)
             labels.texts.append(annotation.text)
             labels.kept.append(index)
-    if sample.annotations and not labels.polygons:
+    if (sample.annotations or sample.unreadable) and not labels.polygons:
         labels.skip = NO_VALID_POLYGONS
     return labels

@@ -9,6 +9,7 @@ repair and the keep/skip decision happen in one place, :func:`dbtk.data.labels.p
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -52,6 +53,9 @@ class RawSample:
     decoded: Decoded
     annotations: list[Annotation]
     label_file: str = ""
+    #: Labels written for this image that could not be read (each one is in the reader's ``problems``): an image
+    #: whose labels all failed is not a page without text (:func:`dbtk.data.labels.prepare` skips it).
+    unreadable: int = 0
 
     def display_points(self, exif: str) -> list[np.ndarray]:
         """Each annotation's points in the coordinates of the decoded (EXIF-rotated) image.
@@ -94,6 +98,7 @@ class Record:
     image_path: Path
     annotations: list[Annotation]
     annotation_file: Path | None = None
+    unreadable: int = 0  # labels of this image that could not be read (see RawSample.unreadable)
 
 
 @dataclass
@@ -115,7 +120,7 @@ class FileReader:
 
         record = self.records[index]
         label_file = str(record.annotation_file) if record.annotation_file else ""
-        return RawSample(record.name, read_image(record.image_path), record.annotations, label_file)
+        return RawSample(record.name, read_image(record.image_path), record.annotations, label_file, record.unreadable)
 
     def source(self, index: int) -> Path | None:
         return self.records[index].image_path
@@ -129,4 +134,13 @@ class FileReader:
         labels = hashlib.sha256(
             json.dumps([[a.points.tolist(), a.ignore] for a in record.annotations]).encode()
         ).hexdigest()
-        return f"{record.image_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{labels}"
+        unreadable = f"|unreadable={record.unreadable}" if record.unreadable else ""  # the same key as before for the rest
+        return f"{record.image_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{labels}{unreadable}"
+
+
+def read_labels(parse: Callable[[Path, list[Problem]], list[Annotation]], path: Path, problems: list[Problem]) -> tuple[list[Annotation], int]:
+    """``parse(path, problems)`` for one image's label file, and how many of its labels could not be read (the
+    problems it reported with a line number): what :attr:`Record.unreadable` holds."""
+    before = len(problems)
+    annotations = parse(path, problems)
+    return annotations, sum(problem.line is not None for problem in problems[before:])
