@@ -74,3 +74,16 @@ def test_explicit_cuda_index_becomes_the_current_device(monkeypatch: pytest.Monk
     assert current == [torch.device("cuda:1")]
     resolve_device("cuda")
     assert current == [torch.device("cuda:1")]  # no index: the current device stays what CUDA_VISIBLE_DEVICES says
+
+
+def test_batches_reach_the_device_with_their_counters_untouched() -> None:
+    """The loader's batches go through :func:`dbtk.io.device.on_device` (a side-stream copy on CUDA): tensors
+    arrive on the device with their values, the skip and repair counters as they were, in order."""
+    from collections import Counter
+
+    from dbtk.io.device import on_device
+
+    batches = [{"images": torch.full((2, 3), float(i)), "skipped": Counter({"nan": i})} for i in range(3)]
+    moved = list(on_device(iter(batches), torch.device("cpu")))
+    assert [b["skipped"] for b in moved] == [Counter({"nan": i}) for i in range(3)]
+    assert all(torch.equal(m["images"], b["images"]) and m["images"].device.type == "cpu" for m, b in zip(moved, batches, strict=True))

@@ -33,6 +33,7 @@ from dbtk.engine import budget, distributed
 from dbtk.engine.distributed import World
 from dbtk.engine.state import TrainingState, rng_state, set_rng_state
 from dbtk.errors import DbtkError
+from dbtk.io.device import on_device
 from dbtk.registry import Registry, registry as default_registry
 
 log = logging.getLogger("dbtk.train")
@@ -401,7 +402,7 @@ class Trainer:
         window_start, data_wait, window_images = time.perf_counter(), 0.0, 0
         while self.state.position.step < self.total_steps:
             self.batches.set_position(self.state.position.epoch, self.state.position.batch)
-            iterator = iter(loader)
+            iterator = on_device(iter(loader), self.device)  # on CUDA: copied on a side stream, overlapping the step
             pending: list[dict[str, torch.Tensor]] = []
             finished_epoch = True
             while True:
