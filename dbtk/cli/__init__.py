@@ -3,8 +3,8 @@
 Command modules are imported only when their command runs (or when ``--help`` lists them), following click's
 LazyGroup pattern, so ``dbtk --help`` never pays for torch. :func:`main` is the one boundary where failures become
 one red ``error:`` line plus an optional ``hint:``: errors the user can fix (:class:`DbtkError`), usage errors,
-every ``OSError`` on a file (exit code 2) and Ctrl-C (exit code 130); ``--debug`` (or ``DBTK_DEBUG=1``) shows the
-traceback instead.
+every ``OSError`` on a file (exit code 2), Ctrl-C (exit code 130) and SIGTERM, made a KeyboardInterrupt
+too (exit code 143); ``--debug`` (or ``DBTK_DEBUG=1``) shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ from __future__ import annotations
 import importlib
 import math
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
 from dbtk import __version__
-from dbtk.errors import DbtkError
+from dbtk.errors import DbtkError, Interrupted
 
 if TYPE_CHECKING:
     from dbtk.data.reader import Reader
@@ -144,6 +146,7 @@ def main(args: Sequence[str] | None = None, prog_name: str = "dbtk") -> None:
     """Console-script entry point: runs the CLI and turns every failure it can explain into one-line messages."""
     argv = list(sys.argv[1:] if args is None else args)
     debug = "--debug" in argv or os.environ.get("DBTK_DEBUG") == "1"
+    previous = _stop_on_sigterm()
     try:
         cli.main(argv, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Exit as exc:
@@ -161,6 +164,23 @@ def main(args: Sequence[str] | None = None, prog_name: str = "dbtk") -> None:
         if debug or not _out_of_memory(exc):
             raise
         _report(MemoryError(str(exc)))
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_on_sigterm() -> Any:
+    """Make SIGTERM (``kill``, ``docker stop``, a batch scheduler ending a job) a KeyboardInterrupt, as Ctrl-C is, so
+    every command ends through the same path: ``train`` saves its checkpoint, the rest clean up, and the exit
+    code is 143. Returns the handler to restore; None when there is none to replace (a handler someone else
+    installed, or not the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise Interrupted(signum)
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -195,6 +215,10 @@ def _report(exc: BaseException) -> NoReturn:
         context = getattr(exc, "ctx", None)
         _ui.error(message[:1].lower() + message[1:], f"see '{context.command_path} --help'" if context else None)
         sys.exit(exc.exit_code)
-    # Ctrl-C: click turns a KeyboardInterrupt (at start-up too, e.g. while importing torch) into Abort.
+    # Ctrl-C or SIGTERM: click turns a KeyboardInterrupt (at start-up too, e.g. while importing torch) into Abort.
+    stop = exc if isinstance(exc, Interrupted) else exc.__cause__ or exc.__context__
+    if isinstance(stop, Interrupted) and stop.signum != signal.SIGINT:
+        _ui.error(f"terminated by {stop.signal_name}")
+        sys.exit(stop.exit_code)
     _ui.error("interrupted")
     sys.exit(130)

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import math
+import signal
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -32,13 +33,16 @@ from dbtk import recipe as recipes
 from dbtk.engine import budget, distributed
 from dbtk.engine.distributed import World
 from dbtk.engine.state import TrainingState, rng_state, set_rng_state
-from dbtk.errors import DbtkError
+from dbtk.errors import DbtkError, Interrupted
 from dbtk.io.device import on_device
 from dbtk.registry import Registry, registry as default_registry
 
 log = logging.getLogger("dbtk.train")
 
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: Signals that stop training at the next step boundary, after saving ``last``: Ctrl-C, and SIGTERM (``kill``,
+#: ``docker stop``, a batch scheduler's time limit), which would otherwise end the process and lose those steps.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class BadStepsError(DbtkError):
@@ -163,7 +167,7 @@ class Trainer:
         self._seconds = {"save": 0.0, "validate": 0.0}  # what the last checkpoint write and validation took
         self._measure_from = 0.0
         self._planned_at: tuple[int, float] | None = None  # (step, time) of this process's plan
-        self._interrupted = False
+        self._interrupted = 0  # the stop signal (SIGINT, SIGTERM) received during run(); 0 = none
         self._started = time.perf_counter()
 
     @property
@@ -342,8 +346,8 @@ class Trainer:
         )
 
     def run(self) -> dict[str, float]:
-        """Train to the end (or Ctrl-C: ``last`` is saved at the step boundary, then KeyboardInterrupt)."""
-        import signal
+        """Train to the end. Ctrl-C or SIGTERM: ``last`` is saved at the step boundary, then :class:`Interrupted`
+        (a KeyboardInterrupt) carrying the signal, so the command can exit with 128 + its number."""
 
         if self.world.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -357,18 +361,19 @@ class Trainer:
         info = {"recipe": recipes.dumps(self.recipe), "total_steps": self.total_steps, "start_step": self.state.position.step}
         for logger in self.loggers:
             logger.start(info)
-        self._interrupted = False
+        self._interrupted = 0
 
-        def on_interrupt(_signum: int, _frame: object) -> None:
-            self._interrupted = True  # finish the current step; a half-applied step must never be saved
+        def on_interrupt(signum: int, _frame: object) -> None:
+            self._interrupted = signum  # finish the current step; a half-applied step must never be saved
 
-        previous = signal.signal(signal.SIGINT, on_interrupt)
+        previous = {sig: signal.signal(sig, on_interrupt) for sig in STOP_SIGNALS}
         try:
             self._loop_or_lost_contact()
             if self.val_reader is None:
                 self.save("best", with_state=False)  # nothing to choose by: the final weights
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             for logger in self.loggers:
                 logger.close()
             if self.world.is_main:
@@ -430,9 +435,10 @@ class Trainer:
                 if train.val_every_steps and self.state.position.step % train.val_every_steps == 0:
                     self.save("last")  # on disk before validation: nothing validation does can lose this step
                     self._validate()
-                if self._should_stop(logging_step):
+                stop_signal = self._stop_signal(logging_step)
+                if stop_signal:
                     self.save("last")
-                    raise KeyboardInterrupt
+                    raise Interrupted(stop_signal)
                 if self.state.position.step == self.stop_at:
                     self.save("last")
                     raise StopRequested
@@ -516,15 +522,16 @@ class Trainer:
         self.state.overflow_total += skip - bad
         self.bad_run = (self.bad_run + bad) * bad
 
-    def _should_stop(self, logging_step: bool) -> bool:
-        """Ctrl-C: at once in one process; under DDP the ranks agree at the next logging step (signals reach
-        them at different moments, and a rank that stopped alone would leave the others waiting)."""
+    def _stop_signal(self, logging_step: bool) -> int:
+        """The stop signal to end on (0: none). Ctrl-C or SIGTERM: at once in one process; under DDP the ranks agree
+        at the next logging step (signals reach them at different moments, and a rank that stopped alone would
+        leave the others waiting), on the largest signal number any of them received."""
         if not self.world.distributed:
             return self._interrupted
         if not logging_step:
-            return False
+            return 0
         flag = torch.tensor(float(self._interrupted), device=self.device)
-        return bool(distributed.all_reduce(flag, "max").item())
+        return int(distributed.all_reduce(flag, "max").item())
 
     # ------------------------------------------------------------------ logging and validation
     def _log_train(self, sums: torch.Tensor, elapsed: float, data_wait: float, images: int) -> None:

@@ -1,10 +1,13 @@
-"""Nothing is lost before a checkpoint: every epoch end and every validation is preceded by ``last`` on disk, and
-a validation problem (bad images, bad labels, a crash inside it) never ends a training run."""
+"""Nothing is lost before a checkpoint: every epoch end and every validation is preceded by ``last`` on disk, a
+validation problem (bad images, bad labels, a crash inside it) never ends a training run, and SIGTERM saves like
+Ctrl-C."""
 
 from __future__ import annotations
 
 import json
+import re
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -121,3 +124,52 @@ def test_bad_validation_images_and_labels_are_counted_and_skipped(tmp_path: Path
     assert validations, lines
     assert validations[-1]["val/skipped_images"] == 3  # truncated, corrupt, and the page with no usable polygon
     assert validations[-1]["val/images"] == 8
+
+
+def test_sigterm_saves_like_ctrl_c_and_resume_continues(tmp_path: Path) -> None:
+    """``kill PID`` (a batch scheduler's time limit, ``docker stop``) mid-epoch, with no step checkpoints: the step
+    under way finishes, ``last`` is written, the run says so and exits 143; --resume continues from that step."""
+    recipe = write_recipe(tmp_path, val_every=0)
+    recipe.write_text(recipe.read_text().replace("epochs = 4", "epochs = 100"))  # far longer than the test waits
+    run = tmp_path / "run"
+    process = start(recipe, run)
+    deadline = time.monotonic() + 180
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().strip():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    code, err = finish(process)
+    TALLY["SIGTERM injected"] += 1
+    assert code == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and "error:" not in err, err
+    said = re.search(r"warning: terminated by SIGTERM at step (\d+): saved (\S+); continue with --resume", err)
+    assert said is not None, err
+    step = int(said.group(1))
+    _, _, state = read_training_state(run / "checkpoints" / "last.safetensors")
+    assert state["position"]["step"] == step >= 4  # the step under way when the signal came: nothing lost
+
+    code, err = finish(start(recipe, run, "--resume", "--stop-at", str(step + 2)))
+    assert code == 0, err
+    _, _, state = read_training_state(run / "checkpoints" / "last.safetensors")
+    assert state["position"]["step"] == step + 2
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no step logged twice: the resumed run started after the saved one
+
+
+SIGTERM_AT_START_UP = """
+import os, signal
+from dbtk.engine import trainer as _t
+_init = _t.Trainer.__init__
+def _init_then_term(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    _init(self, *args, **kwargs)
+_t.Trainer.__init__ = _init_then_term
+"""
+
+
+def test_sigterm_during_start_up_is_one_line_and_143(tmp_path: Path) -> None:
+    """Before training starts there is nothing to save: SIGTERM ends the command like Ctrl-C, with one line."""
+    code, err = finish(start(write_recipe(tmp_path), tmp_path / "run", prelude=SIGTERM_AT_START_UP))
+    TALLY["SIGTERM injected"] += 1
+    assert code == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err and err.count("error:") == 1 and "error: terminated by SIGTERM" in err, err
