@@ -592,6 +592,8 @@ def _absolute_paths(recipe: Recipe, folder: Path | None, overridden: Sequence[tu
         changes["cache"] = resolve(("data", "cache"), data.cache)
     key = ("model", "encoder", "pretrained")
     pretrained = encoder.params.get("pretrained")
+    if pretrained == "":  # an unset shell variable (--set model.encoder.pretrained=$W) must not mean "no weights"
+        raise RecipeError('model.encoder.pretrained = "": give true, false, a timm tag or a weights file')
     if isinstance(pretrained, str) and _names_a_file(pretrained, base_of(key)):
         encoder = attrs.evolve(encoder, params={**encoder.params, "pretrained": resolve(key, pretrained)})
     return attrs.evolve(recipe, data=attrs.evolve(data, **changes), model=attrs.evolve(recipe.model, encoder=encoder))

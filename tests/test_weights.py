@@ -182,3 +182,40 @@ def test_doctor_says_whether_the_recipe_weights_are_available_offline(offline: P
     measured = {"device": "cpu", "batch_size": 2, "accumulate": 1, "precision": "fp32", "seconds_per_step": 0.5,
                 "weights": {"source": "hub", "tag": TAG, "cache": "/c", "available": True, "pickled": None, "offline": True}}
     assert [f.check for f in rules.recipe_findings(measured)] == ["recipe", "recipe weights"]
+
+
+def test_a_local_file_of_another_architecture_is_refused_like_an_import(tmp_path: Path) -> None:
+    """resnet34's tensors include every name and shape of resnet18's: loading what matches would train a resnet18
+    from a third of a resnet34 without a word. The local-file path checks as ``dbtk weights import`` does."""
+    import timm
+    from safetensors.torch import save_file
+
+    from dbtk.models.encoders import TimmEncoder
+
+    save_file(timm.create_model("resnet34").state_dict(), tmp_path / "r34.safetensors")
+    with pytest.raises(DbtkError, match=r"r34.safetensors does not hold resnet18's weights: unexpected 96 \(e.g. layer1.2.bn1.bias\)"):
+        TimmEncoder("resnet18", pretrained=str(tmp_path / "r34.safetensors"))
+    wide = {k: (torch.zeros(7, *v.shape[1:]) if k == "conv1.weight" else v) for k, v in timm.create_model("resnet18").state_dict().items()}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in wide.items()}}, tmp_path / "wide.pth")
+    with pytest.raises(DbtkError, match=r"wide.pth does not hold resnet18's weights: wrong shape 1 \(e.g. conv1.weight"):
+        TimmEncoder("resnet18", pretrained=str(tmp_path / "wide.pth"))
+    recipe_file = tmp_path / "r.toml"
+    recipe_file.write_text('[model.encoder]\narch = "resnet18"\npretrained = "r34.safetensors"\n[model.decoder]\nchannels = 32\n')
+    result = run_dbtk("recipe", "check", str(recipe_file))
+    assert result.returncode == 2 and "does not hold resnet18's weights" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_empty_pretrained_string_is_refused_not_read_as_false(tmp_path: Path) -> None:
+    """``--set model.encoder.pretrained=$W`` with W unset gives "": training from random weights would hide it."""
+    from dbtk.models.encoders import TimmEncoder
+
+    message = 'pretrained = "": give true, false, a timm tag or a weights file'
+    recipe_file = tmp_path / "r.toml"
+    recipe_file.write_text('[model.encoder]\npretrained = ""\n')
+    with pytest.raises(DbtkError, match=message):
+        recipes.load(recipe_file)
+    recipe_file.write_text("[model.encoder]\npretrained = false\n")
+    with pytest.raises(DbtkError, match=message):
+        recipes.load(recipe_file, ["model.encoder.pretrained="])
+    with pytest.raises(DbtkError, match=message):
+        TimmEncoder("resnet18", pretrained="")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,6 +43,8 @@ class TimmEncoder(nn.Module):
             source = weights.pretrained_source(arch, pretrained)
             if isinstance(source, weights.HubWeights):  # timm loads them, as timm.create_model(pretrained=True) would
                 self.body = weights.create_features(source.tag, weights.locate(source), **kwargs)
+            elif isinstance(source, Path):  # checked like hub weights: another architecture's file is refused
+                self.body = weights.features_from_file(arch, source, **kwargs)
             else:
                 self.body = timm.create_model(arch, pretrained=False, features_only=True, **kwargs)
         except RuntimeError as exc:
@@ -64,10 +65,6 @@ class TimmEncoder(nn.Module):
             raise DbtkError(f"out_indices {list(self.out_indices)} out of range for '{arch}' ({len(reductions)} feature levels)")
         self.channels = [all_channels[i] for i in self.out_indices]
         self.strides = [reductions[i] for i in self.out_indices]
-        if isinstance(source, Path):
-            loaded, expected = weights.load_matching(self.body, weights.read_state_dict(source), str(source))
-            if loaded < expected:
-                warnings.warn(f"{source}: loaded {loaded} of {expected} encoder tensors", stacklevel=2)
         if frozen_bn:
             from timm.layers import freeze_batch_norm_2d
 

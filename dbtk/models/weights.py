@@ -78,28 +78,44 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_matching(module: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> tuple[int, int]:
-    """Load the tensors whose names and shapes match ``module``; returns (loaded, expected).
+def features_from_file(arch: str, source: Path, **kwargs: object) -> torch.nn.Module:
+    """timm's feature extractor for ``arch`` with the weights of the local file ``source``.
 
-    Classifier weights and wrapper prefixes are expected differences between a checkpoint of a full timm model
-    and the feature extractor dbtk builds; a file where nothing matches is an error.
+    The file gets exactly the check and the loading that ``dbtk weights import`` gives it (:func:`create_features`):
+    a file of another architecture (resnet34's tensors hold all of resnet18's, and more) or a damaged one is refused
+    with its missing, unexpected and wrongly shaped tensors, never loaded half-way. Wrapper prefixes (DDP's
+    ``module.``, ``model.``, ``torch.compile``'s ``_orig_mod.``) are removed first; timm drops the classifier.
     """
-    own = module.state_dict()
-    matched: dict[str, torch.Tensor] = {}
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        converted = Path(folder) / HUB_FILE
+        save_file(_unwrapped(arch, read_state_dict(source)), str(converted), metadata={"format": "pt"})
+        try:
+            return create_features(arch, converted, **kwargs)
+        except DbtkError as exc:  # name the user's file, not the temporary copy
+            raise DbtkError(exc.message.replace(str(converted), str(source)),
+                            hint=f"the weights must come from timm's '{arch}' (the encoder's arch), or set pretrained = false") from None
+
+
+def _unwrapped(tag: str, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the prefixes that training wrappers add (:data:`_KEY_PREFIXES`) removed from every key that
+    the timm model ``tag`` does not hold as written; tensors made contiguous, as safetensors stores them."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        own = set(timm.create_model(tag).state_dict())
+    unwrapped: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():
         name = key
         for prefix in _KEY_PREFIXES:
             if name not in own and name.startswith(prefix):
                 name = name[len(prefix) :]
-        if name in own and own[name].shape == tensor.shape:
-            matched[name] = tensor
-    if not matched:
-        raise DbtkError(
-            f"no tensor in {source} matches the model (wrong architecture?)",
-            hint="the weights must come from the same timm architecture as 'arch'",
-        )
-    module.load_state_dict(matched, strict=False)
-    return len(matched), len(own)
+        unwrapped[name] = tensor.contiguous()
+    return unwrapped
 
 
 # ------------------------------------------------------------------------------------------------ the hub cache
@@ -188,6 +204,8 @@ def pretrained_source(arch: str, pretrained: bool | str | None) -> HubWeights | 
     last path component is one timm knows (recipes resolve every ``pretrained`` string as a path relative to the
     recipe, so a tag arrives as ``/folder/resnet18.a1_in1k``). The tag must be for ``arch``.
     """
+    if pretrained == "":  # an unset shell variable (--set model.encoder.pretrained=$W) is not "no weights"
+        raise DbtkError('pretrained = "": give true, false, a timm tag or a weights file')
     if not pretrained:
         return None
     if pretrained is True:
@@ -278,7 +296,7 @@ def import_file(source: str | Path, weights: HubWeights) -> Path:
 
     from dbtk.io.atomic import atomic_write
 
-    state = {key: tensor.contiguous() for key, tensor in read_state_dict(source).items()}
+    state = _unwrapped(weights.tag, read_state_dict(source))
     with tempfile.TemporaryDirectory() as folder:
         converted = Path(folder) / HUB_FILE
         save_file(state, str(converted), metadata={"format": "pt"})
