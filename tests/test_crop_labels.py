@@ -1,5 +1,6 @@
 """crop_labels is repair_all of every moved polygon, survivors kept: the same points and flags, in the same order,
-though it moves all points at once and never repairs a polygon whose box misses the crop."""
+though it moves all points at once, never repairs a polygon whose box misses the crop and clips those across the
+crop's border together."""
 
 from __future__ import annotations
 

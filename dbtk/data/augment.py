@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.polygons import repair_all
+from dbtk.data.polygons import MAX_COORDINATE, MIN_AREA, repair, repair_all, short_side, signed_area
 
 if TYPE_CHECKING:
     from dbtk.recipe import Data
@@ -110,8 +110,9 @@ def crop_labels(
     The page's labels are repaired already, and an affine map without reflection keeps them valid and clockwise:
     what is left to decide is the crop (outside: dropped, across its border: clipped) and the size. The result is
     :func:`dbtk.data.polygons.repair_all` of every moved polygon, survivors kept — but all points move in one
-    array operation, and a polygon whose bounding box misses the output is dropped before repair (repair drops
-    it too: nothing of it has area inside), so a crop of a page pays only for the lines it shows.
+    array operation, a polygon whose bounding box misses the output is dropped before repair (repair drops it
+    too: nothing of it has area inside), and those across the border are clipped together
+    (:func:`_clip_to_crop`), so a crop of a page pays only for the lines it shows.
     """
     if not len(polygons):
         return [], []
@@ -119,14 +120,60 @@ def crop_labels(
     starts = np.cumsum(lengths) - lengths
     moved = transform_points(np.concatenate(polygons), matrix)
     low, high = np.minimum.reduceat(moved, starts), np.maximum.reduceat(moved, starts)
-    shown = np.flatnonzero(((high > 0) & (low < size)).all(axis=1)).tolist()
-    pieces = [moved[starts[i] : starts[i] + lengths[i]] for i in shown]
-    kept, kept_ignore = [], []
-    for fixed in repair_all(pieces, size, size, ignore=[ignore[i] for i in shown], min_size=min_size):
-        if not fixed.dropped:
-            kept.append(fixed.points)
-            kept_ignore.append(fixed.ignore)
-    return kept, kept_ignore
+    shown = ((high > 0) & (low < size)).all(axis=1)
+    within = ((low >= 0) & (high <= size)).all(axis=1)
+    inner = np.flatnonzero(shown & within).tolist()
+    pieces = [moved[starts[i] : starts[i] + lengths[i]] for i in inner]
+    found: dict[int, tuple[np.ndarray, bool] | None] = {
+        index: None if fixed.dropped else (fixed.points, fixed.ignore)
+        for index, fixed in zip(
+            inner, repair_all(pieces, size, size, ignore=[ignore[i] for i in inner], min_size=min_size), strict=True
+        )
+    }
+    crossing = {i: moved[starts[i] : starts[i] + lengths[i]] for i in np.flatnonzero(shown & ~within).tolist()}
+    found.update(_clip_to_crop(crossing, ignore, size, min_size))
+    kept = [found[i] for i in sorted(found) if found[i] is not None]
+    return [points for points, _ in kept], [flag for _, flag in kept]
+
+
+def _clip_to_crop(
+    crossing: dict[int, np.ndarray], ignore: Sequence[bool], size: int, min_size: float
+) -> dict[int, tuple[np.ndarray, bool] | None]:
+    """:func:`dbtk.data.polygons.repair` of polygons across the output's border (None: dropped), with the shapely
+    work done for all of them in a few array calls.
+
+    For a valid polygon without repeated points, repair keeps the largest part of its intersection with the output;
+    the usual outcome, one polygon whose ring has no repeated points, is settled here as repair settles it
+    (clockwise, don't-care when its short side is under ``min_size``), everything else by repair itself.
+    """
+    import shapely
+
+    box = shapely.box(0, 0, size, size)
+    by_count: dict[int, list[int]] = {}
+    for index, points in crossing.items():
+        by_count.setdefault(len(points), []).append(index)
+    found: dict[int, tuple[np.ndarray, bool] | None] = {}
+    for indices in by_count.values():
+        points = np.stack([crossing[i] for i in indices])  # (m, k, 2)
+        shapes = shapely.polygons(points)
+        repeated = (np.abs(points - np.roll(points, 1, axis=1)) <= 1e-6).all(axis=2).any(axis=1)
+        simple = ~repeated & (np.abs(points) <= MAX_COORDINATE).all(axis=(1, 2)) & shapely.is_valid(shapes)
+        simple &= shapely.area(shapes) >= MIN_AREA
+        clipped = shapely.intersection(shapes, box)
+        single = simple & (shapely.get_type_id(clipped) == shapely.GeometryType.POLYGON) & ~shapely.is_empty(clipped)
+        areas = shapely.area(clipped)
+        for row, index in enumerate(indices):
+            ring = np.asarray(clipped[row].exterior.coords, dtype=np.float64)[:-1] if single[row] else None
+            if ring is None or (np.abs(ring - np.roll(ring, 1, axis=0)) <= 1e-6).all(axis=1).any():
+                fixed = repair(points[row], size, size, ignore=ignore[index], min_size=min_size)
+                found[index] = None if fixed.dropped else (fixed.points, fixed.ignore)
+            elif areas[row] < MIN_AREA:
+                found[index] = None
+            else:
+                ring32 = (ring if signed_area(ring) >= 0 else ring[::-1]).astype(np.float32)
+                tiny = not ignore[index] and min_size > 0 and short_side(ring32) < min_size
+                found[index] = (ring32, ignore[index] or tiny)
+    return found
 
 
 def color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
