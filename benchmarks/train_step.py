@@ -83,12 +83,8 @@ def main() -> None:
     bare_step = bare_loop(torch.contiguous_format)
     bare_nhwc_step = bare_loop(torch.channels_last)
 
-    model = trainer.model.train()
-
     def dbtk_step() -> None:
-        snapshot = [b.clone() for b in trainer.norm_buffers]
-        parts = trainer._forward_backward(model, dict(batch))
-        trainer._optimizer_step(parts[0], snapshot)
+        trainer.train_step([dict(batch)])  # exactly the step training runs (one micro-batch)
 
     def timed(step) -> float:  # noqa: ANN001
         if device.type == "cuda":

@@ -99,19 +99,20 @@ def multiple_of(step: int, high: int, *, allow_zero: bool = False) -> Callable[[
     )
 
 
-#: "90s", "30m", "2h", "1h30m": a duration as people write it.
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?$")
+#: "90s", "30m", "2h", "1h30m", "2d": a duration as people write it (ASCII digits, lower-case units: "30M" could
+#: as well mean months).
+_DURATION = re.compile(r"^(?:([0-9]+(?:\.[0-9]+)?)d)?(?:([0-9]+(?:\.[0-9]+)?)h)?(?:([0-9]+(?:\.[0-9]+)?)m)?(?:([0-9]+(?:\.[0-9]+)?)s)?$")
+_UNIT_SECONDS = (86400.0, 3600.0, 60.0, 1.0)
 #: Durations dbtk accepts for ``train.time_budget``: shorter cannot hold warm-up and one validation anywhere.
 MIN_BUDGET, MAX_BUDGET = 10.0, 90 * 24 * 3600.0
 
 
 def duration_seconds(text: str) -> float | None:
-    """Seconds in ``"90s"``, ``"30m"``, ``"2h"`` or ``"1h30m"``; None when ``text`` is not such a duration."""
-    match = _DURATION.match(text.strip().lower())
+    """Seconds in ``"90s"``, ``"30m"``, ``"2h"``, ``"1h30m"`` or ``"2d"``; None when ``text`` is not such a duration."""
+    match = _DURATION.match(text.strip())
     if not text.strip() or match is None or not any(match.groups()):
         return None
-    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return hours * 3600 + minutes * 60 + seconds
+    return sum(float(g) * unit for g, unit in zip(match.groups(), _UNIT_SECONDS, strict=True) if g)
 
 
 def a_duration() -> Callable[[Any, attrs.Attribute, Any], None]:
@@ -119,7 +120,7 @@ def a_duration() -> Callable[[Any, attrs.Attribute, Any], None]:
         seconds = duration_seconds(text) if text else MIN_BUDGET
         return seconds is not None and MIN_BUDGET <= seconds <= MAX_BUDGET
 
-    return _validator(valid, f'"" (no budget) or a duration like "90s", "30m", "2h" or "1h30m" between {MIN_BUDGET:g} s and 90 days')
+    return _validator(valid, f'"" (no budget) or a duration like "90s", "30m", "2h", "1h30m" or "2d" between {MIN_BUDGET:g} s and 90 days')
 
 
 def not_empty() -> Callable[[Any, attrs.Attribute, Any], None]:

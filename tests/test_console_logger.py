@@ -34,6 +34,18 @@ def test_plain_lines_at_a_steady_interval_when_not_a_terminal(tmp_path: Path, ca
     assert not any("\x1b[" in line for line in lines)  # no escape codes in a log file
 
 
+def test_a_time_budget_not_yet_planned_has_no_count_and_no_estimate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    logger = ConsoleLogger(tmp_path, interval=1e-6)
+    logger.start({"total_steps": None, "start_step": 0})  # train.time_budget: the count comes after the warm-up
+    logger.log(4, {"loss": 0.25, "lr": 1e-3, "images_per_second": 4.0})
+    logger.log(8, {"planned_steps": 40, "elapsed_seconds": 1.0})
+    logger.log(8, {"loss": 0.25, "lr": 1e-3, "images_per_second": 4.0})
+    logger.close()
+    progress = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train step")]
+    assert progress[0].startswith("train step 4 (steps not planned yet) loss 0.2500") and "eta" not in progress[0]
+    assert progress[-1].startswith("train step 8/40 (20%)")
+
+
 def test_interval_must_be_positive(tmp_path: Path) -> None:
     from dbtk.errors import DbtkError
 

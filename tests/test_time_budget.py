@@ -71,10 +71,20 @@ def test_dry_run_prints_the_estimate(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_max_steps_wins_over_a_budget_and_the_plan_line_says_so(tmp_path: Path) -> None:
+    done = run_dbtk("train", str(write(tmp_path, 600)), "--out", str(tmp_path / "run"), "--dry-run", "--device", "cpu",
+                    "--set", "train.max_steps=3", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "3 steps (train.max_steps; train.time_budget '600s' applies only with max_steps = 0)" in " ".join(done.stderr.split())
+
+
 def test_a_budget_too_small_for_warm_up_and_one_validation_is_refused() -> None:
     cadence = budget.Cadence(steps_per_epoch=10, val_every=1, val_every_steps=0, checkpoint_every=0, validates=True)
-    with pytest.raises(DbtkError, match=r"train.time_budget 20 s is too small: start-up and 8 warm-up steps took 18 s, one validation 5 s"):
+    with pytest.raises(DbtkError) as refused:
         budget.plan(20.0, elapsed=18.0, done=8, step_seconds=0.5, validation_seconds=5.0, checkpoint_seconds=0.1, cadence=cadence)
+    # the parts it names add up to the total it gives, and that total exceeds the budget
+    assert str(refused.value) == ("train.time_budget 20 s is too small: start-up and 8 warm-up steps took 18.0 s, and one more step "
+                                  "needs 0.5 s, 1 validation × 5.0 s and 4 checkpoint writes × 0.1 s: 23.9 s in all")
 
 
 def test_the_plan_counts_steps_validations_and_checkpoints() -> None:
@@ -84,11 +94,11 @@ def test_the_plan_counts_steps_validations_and_checkpoints() -> None:
     assert cost(plan.steps) <= 100.0 < cost(plan.steps + 1)
 
 
-@pytest.mark.parametrize("text", ["5s", "abc", "30", "91d", "-1m"])
+@pytest.mark.parametrize("text", ["5s", "abc", "30", "91d", "-1m", "30M", "１０m", "2h30", "90 d"])
 def test_bad_budgets_are_refused_by_the_recipe(text: str) -> None:
     with pytest.raises(RecipeError, match="time_budget"):
         recipes.structure({"train": {"time_budget": text}}, source="test")
 
 
 def test_budget_parsing() -> None:
-    assert [recipes.duration_seconds(t) for t in ("30m", "2h", "1h30m", "90s", "0.5h")] == [1800, 7200, 5400, 90, 1800]
+    assert [recipes.duration_seconds(t) for t in ("30m", "2h", "1h30m", "90s", "0.5h", "90d", "1d12h")] == [1800, 7200, 5400, 90, 1800, 90 * 86400, 129600]

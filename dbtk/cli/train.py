@@ -157,6 +157,9 @@ def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resumin
     )
     if trainer.budget is not None:
         plan = plan.replace(f"{trainer.total_steps} steps", f"steps fixed by the time budget ({recipe.train.time_budget})")
+    elif recipe.train.time_budget:  # max_steps wins (also how a budgeted run's own recipe keeps its planned count)
+        plan = plan.replace(f"{trainer.total_steps} steps", f"{trainer.total_steps} steps (train.max_steps; "
+                            f"train.time_budget {recipe.train.time_budget!r} applies only with max_steps = 0)")
     _ui.step(plan)
     if dry_run:
         if trainer.budget is not None:

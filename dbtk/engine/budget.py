@@ -51,6 +51,10 @@ def _multiples(after: int, until: int, every: int) -> int:
     return until // every - after // every if every > 0 else 0
 
 
+def _times(count: int, what: str) -> str:
+    return f"{count} {what}{'s' if count != 1 else ''}"
+
+
 @dataclass(frozen=True)
 class Plan:
     steps: int
@@ -84,11 +88,13 @@ def plan(
         return (elapsed + (steps - done) * step_seconds + cadence.validations(done, steps) * validation_seconds
                 + cadence.checkpoints(done, steps) * checkpoint_seconds)
 
-    if cost(done + 1) > budget:
-        validation = f", one validation {validation_seconds:.0f} s" if cadence.validates else ""
+    if cost(done + 1) > budget:  # every part of the smallest run, so that the numbers add up to more than the budget
+        validations, checkpoints = cadence.validations(done, done + 1), cadence.checkpoints(done, done + 1)
+        validation = f", {_times(validations, 'validation')} × {validation_seconds:.1f} s" if validations else ""
         raise DbtkError(
-            f"train.time_budget {minutes(budget)} is too small: start-up and {done} warm-up steps took {elapsed:.0f} s"
-            f"{validation}, one checkpoint {checkpoint_seconds:.1f} s",
+            f"train.time_budget {minutes(budget)} is too small: start-up and {done} warm-up steps took {elapsed:.1f} s, "
+            f"and one more step needs {step_seconds:.1f} s{validation} and {_times(checkpoints, 'checkpoint write')} × "
+            f"{checkpoint_seconds:.1f} s: {cost(done + 1):.1f} s in all",
             hint="give a longer budget, or set train.max_steps instead",
         )
     low, high = done + 1, MAX_STEPS  # cost grows with steps: the last affordable count by bisection

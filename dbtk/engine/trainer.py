@@ -358,7 +358,8 @@ class Trainer:
             self._write_recipe()
         self._started = time.perf_counter()
         self._start_step = self.state.position.step
-        info = {"recipe": recipes.dumps(self.recipe), "total_steps": self.total_steps, "start_step": self.state.position.step}
+        total = None if self.budget is not None else self.total_steps  # a time budget fixes it after the warm-up
+        info = {"recipe": recipes.dumps(self.recipe), "total_steps": total, "start_step": self.state.position.step}
         for logger in self.loggers:
             logger.start(info)
         self._interrupted = 0

@@ -24,7 +24,7 @@ class ConsoleLogger:
         self.console: Any = None
         self.progress: Any = None
         self.task: Any = None
-        self.total = 0
+        self.total: int | None = 0  # None until a time budget fixes the step count
         self.started = 0.0
         self.start_step = 0
         self.last_plain = float("-inf")
@@ -90,6 +90,8 @@ class ConsoleLogger:
         """``train step 40/1200 (3%) loss ... elapsed 1m05s eta 31m10s``: what a log file needs, no escape codes."""
         elapsed = time.perf_counter() - self.started
         done = step - self.start_step
+        if self.total is None:  # a time budget, not planned yet: no count, no estimate
+            return f"train step {step} (steps not planned yet) {status} elapsed {_duration(elapsed)}"
         eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
         percent = 100 * step / self.total if self.total else 100.0
         return f"train step {step}/{self.total} ({percent:.0f}%) {status} elapsed {_duration(elapsed)} eta {_duration(eta)}"
