@@ -91,13 +91,18 @@ def one_of(*choices: str) -> Callable[[Any, attrs.Attribute, Any], None]:
     return _validator(lambda v: v in choices, "one of " + ", ".join(repr(c) for c in choices))
 
 
-def multiple_of(step: int, high: int, *, allow_zero: bool = False) -> Callable[[Any, attrs.Attribute, Any], None]:
+def multiple_of(step: int, high: int, *, allow_zero: bool = False, low: int = 1) -> Callable[[Any, attrs.Attribute, Any], None]:
     zero = " (or 0)" if allow_zero else ""
+    start = f"from {low} " if low > step else ""
     return _validator(
-        lambda v: (allow_zero and v == 0) or (0 < v <= high and v % step == 0),
-        f"a positive multiple of {step} up to {high}{zero}",
+        lambda v: (allow_zero and v == 0) or (max(low, 1) <= v <= high and v % step == 0),
+        f"a positive multiple of {step} {start}up to {high}{zero}",
     )
 
+
+#: The smallest ``eval.tile``: smaller tiles hold little context (the network sees a tile's border as the page's
+#: edge) and their count grows with the square of 1/tile — 64 px tiles make a 2000 × 1500 scan 1,500 forwards.
+MIN_TILE = 128
 
 #: "90s", "30m", "2h", "1h30m", "2d": a duration as people write it (ASCII digits, lower-case units: "30M" could
 #: as well mean months).
@@ -269,7 +274,7 @@ class Eval:
     batch_size: int = _field(1, "images per inference batch", between(1, MAX_BATCH))
     tile: int = _field(
         0, "tiled inference (0 = off): pages scaled by tile_scale, not resized to long_side, in overlapping tiles of this side whose probability maps are stitched before post-processing",
-        multiple_of(32, MAX_SIDE, allow_zero=True),
+        multiple_of(32, MAX_SIDE, allow_zero=True, low=MIN_TILE),
     )
     tile_overlap: int = _field(128, "pixels neighbouring tiles share (at most half of tile): a tile's border effects fall inside its neighbour", between(0, MAX_SIDE))
     tile_scale: float = _field(1.0, "with tile: the page's scale before tiling (1 = native; the scale the model saw its text at in training)", positive(8.0))

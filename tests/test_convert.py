@@ -159,6 +159,8 @@ def test_embedded_labelme_images_are_written_as_files(tmp_path: Path, capsys: py
     (["--to", "coco", "--out", "{full}"], "is not empty"),
     (["--to", "yolo", "--out", "{new}"], "'yolo' is not one of"),
     (["--from", "labelmee", "--to", "coco", "--out", "{new}"], "did you mean 'labelme'"),
+    (["--to", "coco", "--out", "{new}", "--report", "{new}/annotations.json"], "lies inside --out"),  # the COCO file itself
+    (["--to", "coco", "--out", "{new}", "--report", "{new}"], "lies inside --out"),
 ])
 def test_bad_invocations_are_one_error_line(extra: list[str], message: str, tmp_path: Path) -> None:
     args, _ = write_labelme(tmp_path / "src", BOXES)
@@ -172,3 +174,4 @@ def test_bad_invocations_are_one_error_line(extra: list[str], message: str, tmp_
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.count("error:") == 1 and message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert tree_digest(tmp_path / "src") == before and (tmp_path / "full" / "old.txt").read_text() == "keep me"
+    assert not (tmp_path / "new").exists()  # refused before anything is written

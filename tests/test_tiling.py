@@ -172,8 +172,9 @@ def test_predict_tile_runs_at_native_scale_and_refuses_bad_sides(checkpoint: Pat
     image = tmp_path / "scan.jpg"
     image.write_bytes(jpeg_bytes(page(200, 300, [(20, 40, 280, 52)])))
     out = tmp_path / "pred"
-    proc = run_dbtk("predict", str(checkpoint), str(image), "--out", str(out), "--tile", "64", "--device", "cpu")
+    proc = run_dbtk("predict", str(checkpoint), str(image), "--out", str(out), "--tile", "128", "--device", "cpu")
     assert proc.returncode == 0, proc.stderr
+    assert "tiles of 128 px overlap by 64 px (the recipe's eval.tile_overlap 128 is more than half a tile)" in proc.stderr
     detections = json.loads((out / "scan.json").read_text())["detections"]
     assert detections and all(math.isfinite(v) for d in detections for point in d["points"] for v in point)
 
@@ -181,3 +182,5 @@ def test_predict_tile_runs_at_native_scale_and_refuses_bad_sides(checkpoint: Pat
     assert bad.returncode == 2
     assert bad.stderr.splitlines()[0] == "error: invalid value for '--tile': 100 is not a multiple of 32 (0 turns tiling off)"
     assert "Traceback" not in bad.stderr
+    small = run_dbtk("predict", str(checkpoint), str(image), "--out", str(out), "--tile", "64")
+    assert small.returncode == 2 and small.stderr.splitlines()[0].startswith("error: invalid value for '--tile': 64 is below 128")

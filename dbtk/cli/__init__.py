@@ -142,6 +142,19 @@ def require_apart(outputs: dict[str, str | None], inputs: dict[str, str | None])
                                 hint=f"choose a {out_name} outside {origin}")
 
 
+def require_report_outside(report: str | None, out: str | None) -> None:
+    """A ``--report`` file inside the ``--out`` copy would overwrite a label file the copy needs, or become one (a
+    JSON file in a LabelMe or COCO folder): the copy holds the dataset and nothing else."""
+    from pathlib import Path
+
+    if report is None or out is None:
+        return
+    target, folder = Path(report).resolve(), Path(out).resolve()
+    if target == folder or folder in target.parents:
+        raise DbtkError(f"--report {target} lies inside --out {folder}: the copy holds the dataset and nothing else",
+                        hint=f"write the report outside {folder}, e.g. --report {folder.parent / (folder.name + '-report.json')}")
+
+
 def main(args: Sequence[str] | None = None, prog_name: str = "dbtk") -> None:
     """Console-script entry point: runs the CLI and turns every failure it can explain into one-line messages."""
     argv = list(sys.argv[1:] if args is None else args)

@@ -31,12 +31,13 @@ def clean_data(
     """
     from pathlib import Path
 
-    from dbtk.cli import _ui, require_apart, require_samples
+    from dbtk.cli import _ui, require_apart, require_report_outside, require_samples
     from dbtk.errors import CheckFailed, DbtkError
 
     if bool(out) == check:
         raise DbtkError("give exactly one of --out DST and --check", hint="dbtk clean-data SRC --check, or dbtk clean-data SRC --out DST")
     require_apart({"--out": out, "--report": report}, {"SRC": src, "--annotations": annotations})
+    require_report_outside(report, out)
     from dbtk.data import clean
     from dbtk.data.formats import default_format, open_split
 

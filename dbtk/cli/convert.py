@@ -38,11 +38,12 @@ def convert(src: str, annotations: str | None, format_name: str, to_format: str,
 
     from rich.markup import escape
 
-    from dbtk.cli import _ui, require_apart, require_samples
+    from dbtk.cli import _ui, require_apart, require_report_outside, require_samples
     from dbtk.errors import DbtkError
 
     destination = Path(out)
     require_apart({"--out": out, "--report": report}, {"SRC": src, "--annotations": annotations})
+    require_report_outside(report, out)
     if destination.is_dir() and any(destination.iterdir()):
         raise DbtkError(f"--out {out} is not empty", hint="convert writes a complete copy into a new (or empty) folder")
     from dbtk.data import clean

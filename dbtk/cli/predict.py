@@ -9,8 +9,12 @@ from dbtk.cli import ExistingPath
 
 def _tile_side(_ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
     """``--tile`` feeds ``eval.tile``: refuse here, as a usage error, what the recipe would refuse."""
+    from dbtk.recipe import MIN_TILE
+
     if value is not None and value % 32:
         raise click.BadParameter(f"{value} is not a multiple of 32 (0 turns tiling off)")
+    if value and value < MIN_TILE:
+        raise click.BadParameter(f"{value} is below {MIN_TILE}: tiles that small see little context and take many forwards (0 turns tiling off)")
     return value
 
 
@@ -57,6 +61,8 @@ def predict(
         from dbtk import recipe as recipes
 
         overlap = min(detector.recipe.eval.tile_overlap, tile // 2)  # the recipe's overlap, as far as the tile allows
+        if tile and overlap < detector.recipe.eval.tile_overlap:
+            _ui.step(f"tiles of {tile} px overlap by {overlap} px (the recipe's eval.tile_overlap {detector.recipe.eval.tile_overlap} is more than half a tile)")
         detector.configure(recipes.with_overrides(detector.recipe, [f"eval.tile={tile}", f"eval.tile_overlap={overlap}"]))
     receipt: dict = {}
     failed = 0
