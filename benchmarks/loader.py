@@ -31,20 +31,20 @@ REPO = Path(__file__).resolve().parents[1]
 DOCS_TRAIN = REPO.parent / "shared" / "data" / "docs-dev" / "train"
 #: The busiest GPU goal of the throughput issue: images per second a loader must feed.
 GOAL_IMAGES_PER_SECOND = 400
-#: Passes over the samples per part; the fastest counts.
+#: Passes over the samples per part; each sample's fastest pass counts.
 PASSES = 5
 
 
 def per_sample(fn: Callable[[int], object], count: int) -> float:
-    """Mean milliseconds per sample of the fastest of :data:`PASSES` passes (as timeit reports): other work on a
-    shared machine only ever adds time, so the fastest pass is the one closest to the code's own cost."""
-    runs = []
+    """Mean over the samples of each one's fastest of :data:`PASSES` runs, in milliseconds (timeit's rule, per
+    sample): other work on a shared machine only ever adds time, and comes in bursts longer than one sample."""
+    best = [float("inf")] * count
     for _ in range(PASSES):
-        start = time.perf_counter()
         for index in range(count):
+            start = time.perf_counter()
             fn(index)
-        runs.append((time.perf_counter() - start) / count * 1e3)
-    return min(runs)
+            best[index] = min(best[index], time.perf_counter() - start)
+    return sum(best) / count * 1e3
 
 
 def main() -> None:
