@@ -50,7 +50,8 @@ def bounds(points: list[list[float]]) -> tuple[float, float, float, float]:
 
 def write_images(folder: Path, pages: Pages) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    for name in pages:
+    for name in pages:  # a name may hold sub-folders ("sub1/x.jpg")
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_bytes(image_bytes(name))
 
 
@@ -73,9 +74,10 @@ def write_labelme(root: Path, pages: Pages, *, embed: bool = False) -> Written:
             shapes.append({"label": text, "points": corners, "group_id": None, "description": "", "shape_type": kind,
                            "flags": {"difficult": ignore}})
         data = base64.b64encode(image_bytes(name)).decode() if embed else None
-        document = {"version": "5.5.0", "flags": {}, "shapes": shapes, "imagePath": name, "imageData": data,
+        # Beside its image, imagePath relative to the JSON file: how LabelMe saves in a folder's sub-folders too.
+        document = {"version": "5.5.0", "flags": {}, "shapes": shapes, "imagePath": Path(name).name, "imageData": data,
                     "imageHeight": HEIGHT, "imageWidth": WIDTH}
-        (folder / f"{Path(name).stem}.json").write_text(json.dumps(document))
+        (folder / name).with_suffix(".json").write_text(json.dumps(document))
     return [str(folder)], Split(str(folder))
 
 

@@ -175,3 +175,19 @@ def test_bad_invocations_are_one_error_line(extra: list[str], message: str, tmp_
     assert proc.stderr.count("error:") == 1 and message in " ".join(proc.stderr.split()) and "Traceback" not in proc.stderr
     assert tree_digest(tmp_path / "src") == before and (tmp_path / "full" / "old.txt").read_text() == "keep me"
     assert not (tmp_path / "new").exists()  # refused before anything is written
+
+
+def test_a_name_the_output_format_cannot_hold_is_reported_and_left_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A PPOCR line is ``PATH<TAB>JSON``: a tab or a line break in a file name would write lines that read back as
+    other images (or none). Such an image is counted and reported (``unwritable_name``), not written; the rest
+    convert and read back whole, and formats that hold any name (COCO) keep it."""
+    pages = {"tab\tname.jpg": BOXES["a.jpg"], "new\nline.jpg": BOXES["a.jpg"], "cr\rname.jpg": BOXES["a.jpg"], "normal.jpg": BOXES["a.jpg"]}
+    args, split = WRITERS["icdar2015"](tmp_path / "src", pages)
+    report = tmp_path / "report.json"
+    code, _stdout, stderr = dbtk(capsys, "convert", *args, "--from", "icdar2015", "--to", "ppocr", "--out", str(tmp_path / "pp"),
+                                 "--report", str(report), "--workers", "1")
+    assert code == 0, stderr
+    assert json.loads(report.read_text())["problems"] == {"unwritable_name": 3}
+    assert sorted(labels_of("ppocr", written("ppocr", tmp_path / "pp")[1])) == ["normal.jpg"]
+    convert(capsys, args, "icdar2015", "coco", tmp_path / "coco")
+    assert len(labels_of("coco", written("coco", tmp_path / "coco")[1])) == 4

@@ -320,3 +320,41 @@ def test_exif_rotated_photos_are_labelled_in_the_display_frame_by_labelme(tmp_pa
     reader = read("labelme", Split(str(folder)))
     labels = prepare(reader.load(0), reader.exif)
     assert labels.image.shape[:2] == (64, 48) and not labels.findings  # inside the portrait image, untouched
+
+
+# ------------------------------------------------------------------------------------------------ names
+#: Splits or shards kept as folders: two images with one file name, and a third whose name the first flattened
+#: name would take.
+SHARDS = {"sub1/x.jpg": [(rect(2, 2, 30, 12), "one", False)], "sub2/x.jpg": [(rect(4, 20, 40, 30), "two", False)],
+          "sub1_x.jpg": [(rect(6, 6, 20, 16), "three", False)]}
+
+
+@pytest.mark.parametrize("name", ["coco", "doctr", "labelme", "ppocr", "receipt-json"])
+def test_images_sharing_a_file_name_in_sub_folders_are_two_samples_with_distinct_names(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Names key the written copy, prediction files and caches: ``sub1/x.jpg`` and ``sub2/x.jpg`` are both kept
+    (neither is a 'duplicate'), each under its own flat name, and convert writes all three and reads them back."""
+    from tests.test_convert import assert_same, convert, labels_of, written
+
+    args, split = WRITERS[name](tmp_path / "src", SHARDS)
+    reader = read(name, split)
+    assert reasons(reader) == []
+    names = {min(x for x, _ in regions(reader, i)[0][0]): reader.name(i) for i in range(len(reader))}  # the left edges of SHARDS
+    assert names[4] == "sub2_x.jpg" and {names[2], names[6]} == {"sub1_x.jpg", "sub1_x-2.jpg"}
+    expected = labels_of(name, split)
+    for target in ("coco", "icdar2015", "labelme", "ppocr"):
+        convert(capsys, args, name, target, tmp_path / target)
+        assert_same(labels_of(target, written(target, tmp_path / target)[1]), expected)
+
+
+def test_one_image_listed_twice_is_a_duplicate_and_its_labels_are_not_called_orphans(tmp_path: Path) -> None:
+    """The same file under two COCO ids: the second entry is the duplicate, named by its file; its annotations are
+    not reported a second time as 'image_id not in images'."""
+    _args, split = WRITERS["coco"](tmp_path, {"a.jpg": [(rect(2, 2, 30, 12), "a", False)]})
+    def twice(document: dict[str, Any]) -> None:
+        document["images"].append({"id": 2, "file_name": "a.jpg"})
+        document["annotations"].append({"id": 9, "image_id": 2, "bbox": [1, 1, 5, 5]})
+    edit_json(tmp_path / "instances.json", twice)
+    reader = read("coco", split)
+    assert len(reader) == 1 and reasons(reader) == ["duplicate"]

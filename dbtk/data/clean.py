@@ -170,6 +170,16 @@ class Writer:
             return Split(str(self.images), str(self.destination / "annotations.json"))
         return Split(str(self.destination if self.format == "icdar2015" else self.images))
 
+    def refuse(self, result: ImageResult) -> None:
+        """Mark an image whose name the output format cannot hold (a tab or a line break in a PPOCR path) as
+        unusable, ``unwritable_name``: counted and reported with the others and left out of the copy, where it would
+        write a line that reads back as something else (or breaks its neighbours)."""
+        from dbtk.data import ppocr
+
+        why = ppocr.unwritable_name(result.name) if self.format == "ppocr" else None
+        if why is not None and result.image_problem is None:
+            result.image_problem = ("unwritable_name", f"{result.name!r}: {why}; rename the image to convert it")
+
     def add(self, reader: Reader, index: int, result: ImageResult) -> None:
         if result.image_problem is not None:
             return
@@ -277,6 +287,8 @@ def scan_split(
     for problem in reader.problems:
         report.add_problem(problem)
     for index, result in scan(reader, workers, min_size):
+        if writer is not None:
+            writer.refuse(result)
         report.add_result(result)
         if writer is not None:
             writer.add(reader, index, result)

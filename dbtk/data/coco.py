@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbtk.data.formats import _check_exif
-from dbtk.data.labelfiles import annotation_file, as_pairs, box, duplicate, file_name, load_document, locate
+from dbtk.data.labelfiles import annotation_file, as_pairs, box, distinct_names, duplicate, file_name, load_document, locate
 from dbtk.data.reader import Annotation, FileReader, Problem, Record
 from dbtk.errors import DbtkError
 
@@ -46,7 +46,7 @@ class COCO(FileReader):
             raise DbtkError(f"{path}: expected {EXPECTED}", hint="an 'images' list and an 'annotations' list")
         regions = self._regions(labels, path)
         where = f"{path}#images"
-        seen: set[str] = set()
+        seen: set[Path] = set()
         for number, entry in enumerate(listed, start=1):
             image_id = entry.get("id") if isinstance(entry, dict) else None
             reference = entry.get("file_name") if isinstance(entry, dict) else None
@@ -56,8 +56,11 @@ class COCO(FileReader):
             image = locate(reference, images)
             if image is None:
                 self.problems.append(Problem(where, number, "missing_image", f"{reference} is listed but not in {images}"))
-            elif not duplicate(seen, file_name(reference), where, number, self.problems):
+            elif not duplicate(seen, image, where, number, self.problems):
                 self.records.append(Record(file_name(reference), image, regions.pop(image_id, []), path))
+                continue
+            regions.pop(image_id, None)  # its annotations go with it: not reported again as orphans
+        distinct_names(self.records)
         for image_id, orphans in regions.items():
             for orphan in orphans:
                 self.problems.append(Problem(f"{path}#annotations", orphan.line, "bad_entry", f"image_id {image_id!r} is not in 'images'"))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbtk.data.formats import _check_exif, _require_dir
-from dbtk.data.labelfiles import as_points, duplicate, file_name, load_document
+from dbtk.data.labelfiles import as_points, distinct_names, duplicate, file_name, load_document
 from dbtk.data.reader import Annotation, FileReader, Problem, Record
 from dbtk.errors import DbtkError
 
@@ -40,13 +40,14 @@ class Doctr(FileReader):
         document = load_document(path, EXPECTED)
         if not isinstance(document, dict):
             raise DbtkError(f"{path}: expected {EXPECTED}")
-        seen: set[str] = set()
+        seen: set[Path] = set()
         for name, entry in sorted(document.items()):
             image = images / name
             if not image.is_file():
                 self.problems.append(Problem(str(path), None, "missing_image", f"{name} is labelled but not in {images}"))
-            elif not duplicate(seen, file_name(name), f"{path}#{name}", None, self.problems):
+            elif not duplicate(seen, image, f"{path}#{name}", None, self.problems):
                 self.records.append(Record(file_name(name), image, self._polygons(entry, f"{path}#{name}"), path))
+        distinct_names(self.records)
 
     def _polygons(self, entry: Any, where: str) -> list[Annotation]:
         polygons = entry.get("polygons") if isinstance(entry, dict) else None

@@ -148,7 +148,10 @@ class ReceiptJSON(FileReader):
             if not image_path.is_file():
                 self.problems.append(Problem(str(path), None, "missing_image", f"{name} is labelled but not in {images}"))
                 continue
-            self.records.append(Record(name, image_path, self._words(entry, f"{path}#{name}"), path))
+            self.records.append(Record(image_path.name, image_path, self._words(entry, f"{path}#{name}"), path))
+        from dbtk.data.labelfiles import distinct_names  # labelfiles builds on this module: imported here
+
+        distinct_names(self.records)  # keys with folders ("sub1/x.jpg", "sub2/x.jpg") are two images
 
     def _words(self, entry: object, where: str) -> list[Annotation]:
         words = entry.get("words") if isinstance(entry, dict) else None

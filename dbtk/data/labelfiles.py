@@ -10,6 +10,7 @@ a :class:`dbtk.errors.DbtkError` (there is nothing to read around), exactly as t
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
@@ -130,11 +131,42 @@ def pair_label_files(
         reader.problems.append(Problem(str(orphan), None, "missing_image", f"no image for this label file in {images}"))
 
 
-def duplicate(seen: set[str], name: str, where: str, line: int | None, problems: list[Problem]) -> bool:
-    """True, and a ``duplicate`` problem, when an earlier entry already labelled image ``name``: the first one is
-    used. Names key predictions, caches and the written copy, so two records may never share one."""
-    if name in seen:
-        problems.append(Problem(where, line, "duplicate", f"{name} is labelled again here; the first labels are used"))
+def duplicate(seen: set[Path], image: Path, where: str, line: int | None, problems: list[Problem]) -> bool:
+    """True, and a ``duplicate`` problem, when an earlier entry already labelled the image file ``image``: the
+    first one is used. The file is the identity, not its name: ``sub1/x.jpg`` and ``sub2/x.jpg`` are two images
+    (:func:`distinct_names` tells them apart)."""
+    key = image.resolve()
+    if key in seen:
+        problems.append(Problem(where, line, "duplicate", f"{image} is labelled again here; the first labels are used"))
         return True
-    seen.add(name)
+    seen.add(key)
     return False
+
+
+def distinct_names(records: list[Record]) -> None:
+    """Make the records' names distinct: each keeps its file name unless another image of the split has the same
+    one (``sub1/x.jpg``, ``sub2/x.jpg``: splits and shards kept as folders); those are named by their path below
+    the folder they share, folders joined by ``_`` (``sub1_x.jpg``, ``sub2_x.jpg``), numbered in the rare case
+    that name is taken too.
+
+    A name keys everything downstream: the written copy's image and label files (convert, clean-data), the
+    prediction files ``dbtk eval --pred`` looks for, the sample cache and every report; two images sharing one
+    would overwrite each other's copy and labels. Names stay plain file names, so each of those stays one file in
+    one folder."""
+    from collections import Counter
+
+    counts = Counter(record.name for record in records)
+    taken = {record.name for record in records if counts[record.name] == 1}
+    clashing = [record for record in records if counts[record.name] > 1]
+    if not clashing:
+        return
+    common = Path(os.path.commonpath([record.image_path.absolute().parent for record in clashing]))
+    for record in clashing:
+        parts = record.image_path.absolute().relative_to(common).parts
+        name = "_".join(parts[:-1] + (record.name,))
+        stem, suffix, number = Path(name).stem, Path(name).suffix, 1
+        while name in taken:
+            number += 1
+            name = f"{stem}-{number}{suffix}"
+        taken.add(name)
+        record.name = name

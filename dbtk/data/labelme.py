@@ -19,8 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dbtk.data.formats import DONT_CARE, _check_exif, _images_in, _require_dir
-from dbtk.data.labelfiles import as_points, box, duplicate, file_name, image_folder, locate, read_json
+from dbtk.data.formats import DONT_CARE, IMAGE_SUFFIXES, _check_exif, _require_dir
+from dbtk.data.labelfiles import as_points, box, distinct_names, duplicate, file_name, image_folder, locate, read_json
 from dbtk.data.reader import Annotation, FileReader, Problem, RawSample, Record
 
 if TYPE_CHECKING:
@@ -39,23 +39,24 @@ class LabelMe(FileReader):
         folder = _require_dir(Path(split.annotations).expanduser(), "label") if split.annotations else images
         #: Records whose pixels are their JSON file's ``imageData``: decoded again on load, never held in memory.
         self.embedded: set[int] = set()
-        seen: set[str] = set()
-        damaged: set[str] = set()  # stems of unreadable JSON files: their images are reported once, as bad_file
-        for path in sorted(folder.glob("*.json")):
+        seen: set[Path] = set()
+        damaged: set[Path] = set()  # unreadable JSON files (below their folder, no suffix): their images are reported once, as bad_file
+        for path in sorted(folder.rglob("*.json")):  # sub-folders too: LabelMe's Open Dir lists them, saving each JSON beside its image
             document = read_json(path, self.problems)
             if not isinstance(document, dict) or not isinstance(document.get("shapes"), list):
                 if document is not None:
                     self.problems.append(Problem(str(path), None, "bad_entry", "not a LabelMe file: no 'shapes' list"))
-                damaged.add(path.stem)
+                damaged.add(path.relative_to(folder).with_suffix(""))
                 continue
             record = self._record(document, path, images)
-            if record is None or duplicate(seen, record.name, str(path), None, self.problems):
+            if record is None or (record.image_path != path and duplicate(seen, record.image_path, str(path), None, self.problems)):
                 continue
             if record.image_path == path:
                 self.embedded.add(len(self.records))
             self.records.append(record)
-        for image in _images_in(images):
-            if image.name not in seen and image.stem not in damaged:
+        distinct_names(self.records)
+        for image in _images_below(images):
+            if image.resolve() not in seen and image.relative_to(images).with_suffix("") not in damaged:
                 self.problems.append(Problem(str(image), None, "missing_gt", f"no LabelMe JSON in {folder} names it"))
 
     def _record(self, document: dict[str, Any], path: Path, images: Path) -> Record | None:
@@ -113,3 +114,8 @@ class LabelMe(FileReader):
     def source(self, index: int) -> Path | None:
         """None for embedded pixels: there is no image file to copy, so a copy writes the decoded pixels."""
         return None if index in self.embedded else super().source(index)
+
+
+def _images_below(folder: Path) -> list[Path]:
+    """Every image in ``folder`` and its sub-folders, where LabelMe finds them (it walks the folder it opens)."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from dbtk.data.formats import DONT_CARE, IMAGE_SUFFIXES, _check_exif
-from dbtk.data.labelfiles import annotation_file, as_points, box, duplicate, file_name, load_document, locate
+from dbtk.data.labelfiles import annotation_file, as_points, box, distinct_names, duplicate, file_name, load_document, locate
 from dbtk.data.reader import Annotation, FileReader, Problem, Record
 from dbtk.errors import DbtkError
 
@@ -54,7 +54,7 @@ class LabelStudio(FileReader):
         tasks = load_document(path, EXPECTED)
         if not isinstance(tasks, list):
             raise DbtkError(f"{path}: expected {EXPECTED}", hint="export the project as 'JSON' (not JSON-MIN, CSV or YOLO)")
-        seen: set[str] = set()
+        seen: set[Path] = set()
         for number, task in enumerate(tasks, start=1):
             where = f"{path}#task {task.get('id', number) if isinstance(task, dict) else number}"
             reference = _image_reference(task)
@@ -69,8 +69,9 @@ class LabelStudio(FileReader):
             if results is None:
                 self.problems.append(Problem(where, None, "missing_gt", f"{image.name}: no annotation that was not cancelled"))
                 continue
-            if not duplicate(seen, image.name, where, None, self.problems):
+            if not duplicate(seen, image, where, None, self.problems):
                 self.records.append(Record(image.name, image, self._regions(results, where), path))
+        distinct_names(self.records)
 
     def _regions(self, results: list[Any], where: str) -> list[Annotation]:
         """One annotation per region: the results sharing an ``id`` (shape, labels, transcription) together."""

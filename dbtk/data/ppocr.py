@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbtk.data.formats import DONT_CARE, _check_exif, read_text_lines
-from dbtk.data.labelfiles import JSON_ERRORS, as_points, duplicate, image_folder, locate
+from dbtk.data.labelfiles import JSON_ERRORS, as_points, distinct_names, duplicate, image_folder, locate
 from dbtk.data.reader import Annotation, FileReader, Problem, Record
 from dbtk.errors import DbtkError
 
@@ -38,7 +38,7 @@ class PPOCRLabel(FileReader):
         path = Path(split.annotations).expanduser() if split and split.annotations else images / "Label.txt"
         if not path.is_file():
             raise DbtkError(f"label file not found: {Path(path).absolute()}", hint="give PaddleOCR's detection label list with --annotations FILE (or annotations = FILE)")
-        seen: set[str] = set()
+        seen: set[Path] = set()
         for number, line in enumerate(read_text_lines(path, self.problems), start=1):
             if not line.strip():
                 continue
@@ -54,8 +54,9 @@ class PPOCRLabel(FileReader):
             image = locate(reference.strip(), images.parent, images)
             if image is None:
                 self.problems.append(Problem(str(path), number, "missing_image", f"{reference} is labelled but not in {images}"))
-            elif not duplicate(seen, image.name, str(path), number, self.problems):
+            elif not duplicate(seen, image, str(path), number, self.problems):
                 self.records.append(Record(image.name, image, self._regions(entries, path, number), path))
+        distinct_names(self.records)
 
     def _regions(self, entries: list[Any], path: Path, number: int) -> list[Annotation]:
         annotations = []
@@ -69,3 +70,15 @@ class PPOCRLabel(FileReader):
             ignore = text.strip() in IGNORED_TEXTS or entry.get("difficult") is True
             annotations.append(Annotation(points, text, ignore, number))
         return annotations
+
+
+def unwritable_name(name: str) -> str | None:
+    """Why a ``PATH<TAB>[...]`` line cannot hold image ``name`` (None when it can): a tab ends the path, a line
+    break (anything ``str.splitlines`` splits at) ends the line, and the path is read back stripped."""
+    if "\t" in name:
+        return "a tab ends the path in a PPOCR line"
+    if len(f"a{name}a".splitlines()) > 1:
+        return "a line break ends a PPOCR line"
+    if name != name.strip():
+        return "PPOCR paths are read back without leading or trailing spaces"
+    return None
