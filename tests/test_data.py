@@ -276,12 +276,12 @@ def test_cache_key_covers_target_parameters_and_file(tmp_path: Path) -> None:
     reader = ICDAR2015(recipes.Split(str(root)))
     cache = str(tmp_path / "cache")
     first = DetectionDataset(reader, _data(image_size=64, augment=False, cache=cache, shrink_ratio=0.4), train=True)[0]
-    assert len(list(Path(cache).glob("*.npz"))) == 1
+    assert len(list(Path(cache).glob("*.raw"))) == 1
     hit = DetectionDataset(reader, _data(image_size=64, augment=False, cache=cache, shrink_ratio=0.4), train=True)[0]
     assert np.array_equal(first["shrink_map"], hit["shrink_map"])
     other = DetectionDataset(reader, _data(image_size=64, augment=False, cache=cache, shrink_ratio=0.8), train=True)[0]
     assert other["shrink_map"].sum() > first["shrink_map"].sum()  # new ratio, new maps: never the old entry
-    assert len(list(Path(cache).glob("*.npz"))) == 2
+    assert len(list(Path(cache).glob("*.raw"))) == 2
     import os
     import time
 
@@ -290,7 +290,7 @@ def test_cache_key_covers_target_parameters_and_file(tmp_path: Path) -> None:
     os.utime(image_path, ns=(time.time_ns(), time.time_ns() + 10**9))
     ICDAR2015(recipes.Split(str(root)))
     DetectionDataset(ICDAR2015(recipes.Split(str(root))), _data(image_size=64, augment=False, cache=cache), train=True)[0]
-    assert len(list(Path(cache).glob("*.npz"))) == 3  # changed file, new entry
+    assert len(list(Path(cache).glob("*.raw"))) == 3  # changed file, new entry
 
 
 # ---------------------------------------------------------------------------------------------- clean-data
