@@ -232,6 +232,15 @@ def hostile_requests() -> list[tuple[str, str, str, bytes, dict[str, str], int, 
         ("multipart garbage", "POST", "/v1/detect", b"--x\r\nnot headers at all", {"Content-Type": "multipart/form-data; boundary=x"}, 400, "bad_multipart"),
         ("GET /v1/detect", "GET", "/v1/detect", b"", {}, 405, "method_not_allowed"),
         ("unknown path", "GET", "/v2/detect", b"", {}, 404, "not_found"),
+        # another spelling of a path is an unknown path, not a 307 redirect
+        ("POST /v1/detect/", "POST", "/v1/detect/", good, JPEG, 404, "not_found"),
+        ("GET /v1/detect/", "GET", "/v1/detect/", b"", {}, 404, "not_found"),
+        ("GET /healthz/", "GET", "/healthz/", b"", {}, 404, "not_found"),
+        # a parameter given twice: either value would be a guess
+        ("box_thresh twice", "POST", "/v1/detect?box_thresh=0.5&box_thresh=0.9", good, JPEG, 400, "bad_parameter"),
+        ("format twice", "POST", "/v1/detect?format=icdar&format=json", good, JPEG, 400, "bad_parameter"),
+        ("query and form field", "POST", "/v1/detect?box_thresh=0.2", *multipart({"image": ("p.jpg", good)}, {"box_thresh": "0.9"}), 400, "bad_parameter"),
+        ("Content-Type ;;;===", "POST", "/v1/detect", good, {"Content-Type": ";;;==="}, 415, "unsupported_media_type"),
     ]
 
 
@@ -256,9 +265,17 @@ def test_hostile_requests_get_4xx_json_and_the_server_stays_healthy(server: Serv
     if (status, got["reason"]) != (413, "upload_too_large"):
         wrong.append(f"chunked oversized upload: {status} {got}")
     assert not wrong, "\n".join(wrong)
+    assert "';;;==='" in server.json("POST", "/v1/detect", page(4), {"Content-Type": ";;;==="})[1]["error"]  # what was sent
+    assert "given 2 times" in server.json("POST", "/v1/detect?format=icdar&format=json", page(4), JPEG)[1]["error"]
+    # A Content-Length that is not a length fails in uvicorn's HTTP parser, before the app: plain text, not
+    # counted by /healthz (docs/serve.md says so).
+    for length in (b"-1", b"99999999999999999999999"):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+            sock.sendall(b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: " + length + b"\r\n\r\n")
+            assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
     health = server.json("GET", "/healthz")[1]
     counted = sum(health["requests"]["rejected"].values()) - sum(before.values())
-    assert health["status"] == "ok" and counted == len(cases) + 2
+    assert health["status"] == "ok" and counted == len(cases) + 4
     assert server.json("POST", "/v1/detect", page(4), JPEG)[0] == 200  # still serving
     assert server.process.poll() is None and "Traceback" not in "".join(server.stderr)
 

@@ -16,7 +16,7 @@ import logging
 import math
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -85,11 +85,16 @@ class Options:
     format: str = "json"
 
 
-def parse_options(fields: Mapping[str, str], defaults: Postprocess) -> Options:
-    """Validate ``box_thresh``, ``thresh`` and ``format`` (query or form fields); 400 naming the bad one."""
+def parse_options(fields: Sequence[tuple[str, str]], defaults: Postprocess) -> Options:
+    """Validate ``box_thresh``, ``thresh`` and ``format`` (query and form fields, as (name, value) pairs in the
+    order sent); 400 naming the bad one. A parameter given twice (``?format=icdar&format=json``, or in the query
+    and as a form field) is refused: answering with either value would be a guess the client cannot see."""
     changes: dict[str, float] = {}
     out_format = "json"
-    for key, value in fields.items():
+    counts = Counter(key for key, _ in fields)
+    for key, value in fields:
+        if counts[key] > 1 and key in FIELDS:
+            raise ApiError(400, "bad_parameter", f"parameter '{key}' is given {counts[key]} times (query and form fields together); give it once")
         if key not in FIELDS:
             raise ApiError(400, "bad_parameter", f"unknown parameter '{key}'{did_you_mean(key, FIELDS)}; known: {', '.join(FIELDS)}")
         if key == "format":
@@ -114,7 +119,7 @@ def parse_options(fields: Mapping[str, str], defaults: Postprocess) -> Options:
 class Upload:
     data: bytes
     name: str
-    fields: dict[str, str]
+    fields: list[tuple[str, str]]  # (name, value) in the order sent: a repeated field stays visible
 
 
 def media_type(content_type: str) -> str:
@@ -164,7 +169,8 @@ def parse_multipart(body: bytes, content_type: str) -> Upload:
         raise
     except Exception as exc:  # noqa: BLE001 - python-multipart's parse errors (their types vary by version)
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {exc}") from None
-    files, fields = [], {}
+    files: list[tuple[str, bytes]] = []
+    fields: list[tuple[str, str]] = []
     for part in parts:
         _, disposition = parse_options_header(part["headers"].get("content-disposition", b""))
         name = disposition.get(b"name", b"").decode("utf-8", "replace")
@@ -173,7 +179,7 @@ def parse_multipart(body: bytes, content_type: str) -> Upload:
             files.append((disposition[b"filename"].decode("utf-8", "replace") or "upload", data))
             continue
         try:
-            fields[name] = data.decode("utf-8")
+            fields.append((name, data.decode("utf-8")))
         except UnicodeDecodeError:
             raise ApiError(400, "bad_parameter", f"form field '{name[:40]}' is not UTF-8 text") from None
     if len(files) != 1:
@@ -201,13 +207,15 @@ class Service:
     async def detect(self, request: Request) -> Response:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.limits.timeout
-        kind = media_type(request.headers.get("content-type", "application/octet-stream"))
+        sent = request.headers.get("content-type", "application/octet-stream")
+        kind = media_type(sent)
         multipart = kind == "multipart/form-data"
         if not (multipart or kind.startswith("image/") or kind in RAW_TYPES):
-            raise ApiError(415, "unsupported_media_type",
-                           f"Content-Type {kind[:60]!r} is not an image: send the image bytes as image/* or "
+            raise ApiError(415, "unsupported_media_type",  # the header as sent: its media type may be empty (";;;===")
+                           f"Content-Type {sent[:60]!r} is not an image: send the image bytes as image/* or "
                            "application/octet-stream, or a multipart/form-data upload")
-        options = parse_options(dict(request.query_params), self.detector.postprocess)  # cheap checks first
+        query = request.query_params.multi_items()
+        options = parse_options(query, self.detector.postprocess)  # cheap checks first
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.limits.max_upload_bytes):
             raise self._too_big(declared) if declared.isdigit() else ApiError(400, "bad_request", "invalid Content-Length")
@@ -218,9 +226,9 @@ class Service:
             body = await self._read_body(request, deadline)
             if multipart:
                 upload = parse_multipart(body, request.headers["content-type"])
-                options = parse_options({**request.query_params, **upload.fields}, self.detector.postprocess)
+                options = parse_options([*query, *upload.fields], self.detector.postprocess)
             else:
-                upload = Upload(body, "upload", {})
+                upload = Upload(body, "upload", [])
             image, prepared = await anyio.to_thread.run_sync(self._prepare, upload, limiter=self.workers)
             try:
                 if prepared is None:  # a tiled model: its Detector cuts, forwards (tiles batched) and stitches the page
@@ -400,6 +408,9 @@ def create_app(detector: Detector, model_path: str | Path, limits: Limits = Limi
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={ApiError: service.api_error, HTTPException: service.http_error,
                                        Exception: service.internal_error})
+    # /v1/detect/ is not /v1/detect: Starlette would answer 307 to the other spelling, a redirect clients follow
+    # without their body (or not at all); refused as the unknown path it is (404, JSON), as docs/serve.md says.
+    app.router.redirect_slashes = False
     app.state.service = service
     return app
 
