@@ -358,3 +358,38 @@ def test_one_image_listed_twice_is_a_duplicate_and_its_labels_are_not_called_orp
     edit_json(tmp_path / "instances.json", twice)
     reader = read("coco", split)
     assert len(reader) == 1 and reasons(reader) == ["duplicate"]
+
+
+# ------------------------------------------------------------------------------------------------ refusals that say why
+def test_an_annotation_file_listing_nothing_is_refused_in_the_formats_own_terms(tmp_path: Path) -> None:
+    """An empty COCO, Label Studio, docTR or receipt-JSON document: said by the reader, which knows the format,
+    not left to a generic "no labelled images" hint about ICDAR folders."""
+    (tmp_path / "images").mkdir()
+    empty = {"coco": {"images": [], "annotations": []}, "label-studio": [], "doctr": {}, "receipt-json": {"images": {}}}
+    for name, document in empty.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(document))
+        split = Split(str(tmp_path / "images"), str(path))
+        with pytest.raises(DbtkError, match=rf"{path.name} (lists|labels) no images") as caught:
+            read(name, split)
+        assert "icdar" not in str(caught.value.hint or "").lower()
+
+
+def test_a_file_where_a_folder_belongs_and_a_folder_of_another_format_are_named(tmp_path: Path) -> None:
+    from dbtk.data.formats import image_files
+
+    args, split = WRITERS["labelme"](tmp_path / "lm", BOXES)
+    (tmp_path / "labels.json").write_text("{}")
+    with pytest.raises(DbtkError, match=r"label folder expected, but .*labels.json is a file"):
+        read("labelme", Split(split.images, str(tmp_path / "labels.json")))
+    for name in ("labelme", "ppocr", "doctr"):
+        root = tmp_path / f"as-{name}"
+        _args, split = WRITERS[name](root, BOXES)
+        folder = Path(split.images) if name != "doctr" else root
+        with pytest.raises(DbtkError, match="(image|label) folder not found") as caught:
+            read("icdar2015", Split(str(folder)))
+        assert f"did you mean format '{name}'" in str(caught.value.hint)
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DbtkError, match="no images found") as caught:  # predict, export --calibrate, --images
+        image_files([str(tmp_path / "none")])
+    assert "folders holding them" in str(caught.value.hint)

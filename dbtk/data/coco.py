@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbtk.data.formats import _check_exif
-from dbtk.data.labelfiles import annotation_file, as_pairs, box, distinct_names, duplicate, file_name, load_document, locate
+from dbtk.data.labelfiles import annotation_file, as_pairs, box, distinct_names, duplicate, file_name, load_document, locate, require_entries
 from dbtk.data.reader import Annotation, FileReader, Problem, Record
 from dbtk.errors import DbtkError
 
@@ -44,6 +44,7 @@ class COCO(FileReader):
         labels = document.get("annotations") if isinstance(document, dict) else None
         if not isinstance(listed, list) or not isinstance(labels, list):
             raise DbtkError(f"{path}: expected {EXPECTED}", hint="an 'images' list and an 'annotations' list")
+        require_entries(listed, path, "its 'images' list", EXPECTED)
         regions = self._regions(labels, path)
         where = f"{path}#images"
         seen: set[Path] = set()

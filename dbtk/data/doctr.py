@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dbtk.data.formats import _check_exif, _require_dir
-from dbtk.data.labelfiles import as_points, distinct_names, duplicate, file_name, load_document
+from dbtk.data.labelfiles import as_points, distinct_names, duplicate, file_name, load_document, require_entries
 from dbtk.data.reader import Annotation, FileReader, Problem, Record
 from dbtk.errors import DbtkError
 
@@ -36,10 +36,11 @@ class Doctr(FileReader):
             raise DbtkError("format 'doctr' needs a split folder (ROOT with images/ and labels.json)")
         root = Path(split.images).expanduser()
         images, path = (root, Path(split.annotations).expanduser()) if split.annotations else (root / "images", root / "labels.json")
-        _require_dir(images, "image")
+        _require_dir(images, "image", None if split.annotations else root, "doctr")
         document = load_document(path, EXPECTED)
         if not isinstance(document, dict):
             raise DbtkError(f"{path}: expected {EXPECTED}")
+        require_entries(document, path, "its table of images", EXPECTED)
         seen: set[Path] = set()
         for name, entry in sorted(document.items()):
             image = images / name

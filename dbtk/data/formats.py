@@ -34,10 +34,37 @@ def _images_in(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
-def _require_dir(path: Path, what: str) -> Path:
-    if not path.is_dir():
-        raise DbtkError(f"{what} folder not found: {path.absolute()}")
-    return path
+def _require_dir(path: Path, what: str, root: Path | None = None, expected: str = "") -> Path:
+    """``path`` when it is a folder. Otherwise one error that says what it is instead (a file where a folder of
+    per-image files belongs is a different mistake from a typo) and, given the split's ``root`` and the
+    ``expected`` format, which format that folder looks like when it looks like another one."""
+    if path.is_dir():
+        return path
+    if path.is_file():
+        raise DbtkError(f"{what} folder expected, but {path.absolute()} is a file",
+                        hint="this format reads a folder here; formats with one label file (coco, label-studio, ppocr, "
+                        "doctr, receipt-json) take it as annotations")
+    guess = looks_like(root) if root is not None else None
+    hint = f"{root} looks like a {guess} split: did you mean format '{guess}' (--from/--format {guess})?" if guess and guess != expected else None
+    raise DbtkError(f"{what} folder not found: {path.absolute()}", hint=hint)
+
+
+def looks_like(folder: Path) -> str | None:
+    """The format a split folder's own files name, read cheaply (file names, and the start of one JSON file):
+    PPOCRLabel's ``Label.txt``, docTR's ``images/`` + ``labels.json``, LabelMe JSON files (a ``shapes`` list),
+    ICDAR2015's ``images/`` + ``gts/``; None when nothing says."""
+    if not folder.is_dir():
+        return None
+    if (folder / "Label.txt").is_file():
+        return "ppocr"
+    if (folder / "images").is_dir():
+        return "doctr" if (folder / "labels.json").is_file() else "icdar2015" if (folder / "gts").is_dir() else None
+    first = next(iter(sorted(folder.glob("*.json"))), None)
+    if first is not None:
+        with first.open("rb") as stream:
+            if b'"shapes"' in stream.read(65536):
+                return "labelme"
+    return None
 
 
 def read_text_lines(path: Path, problems: list[Problem]) -> list[str]:
@@ -104,8 +131,8 @@ class ICDAR2015(FileReader):
             images, labels = root, Path(split.annotations).expanduser()
         else:
             images, labels = root / "images", root / "gts"
-        _require_dir(images, "image")
-        _require_dir(labels, "label")
+        _require_dir(images, "image", None if split.annotations else root, "icdar2015")
+        _require_dir(labels, "label", None if split.annotations else root, "icdar2015")
         used: set[Path] = set()
         for image_path in _images_in(images):
             label = find_label_file(labels, image_path.name)
@@ -143,6 +170,9 @@ class ReceiptJSON(FileReader):
         entries = document.get("images") if isinstance(document, dict) else None
         if not isinstance(entries, dict):
             raise DbtkError(f"{path}: expected a top-level object with an 'images' table")
+        if not entries:  # nothing to read: said here, where the format is known
+            raise DbtkError(f"{path} labels no images: its 'images' table is empty",
+                            hint='receipt JSON is {"images": {"NAME.jpg": {"words": {"0001": {"points": [[x, y], ...]}}}}}')
         for name, entry in sorted(entries.items()):
             image_path = images / name
             if not image_path.is_file():
@@ -202,5 +232,7 @@ def image_files(paths: Sequence[str]) -> list[Path]:
             matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))]
             found += [m for m in matches if m.suffix.lower() in IMAGE_SUFFIXES]
     if not found:
-        raise DbtkError("no images found in " + ", ".join(str(Path(p).expanduser().absolute()) for p in paths))
+        raise DbtkError("no images found in " + ", ".join(str(Path(p).expanduser().absolute()) for p in paths),
+                        hint=f"give image files ({' '.join(IMAGE_SUFFIXES)}), folders holding them (their sub-folders are not "
+                        "read) or globs ('pages/**/*.jpg')")
     return found

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +61,14 @@ def load_document(path: Path, expected: str) -> Any:
         raise DbtkError(f"annotation file not found: {Path(path).absolute()}") from None
     except JSON_ERRORS as exc:
         raise DbtkError(f"{path}: invalid JSON: {exc}", hint=f"expected {expected}") from None
+
+
+def require_entries(entries: Sized, path: Path, what: str, expected: str) -> None:
+    """Refuse a split's one annotation file that lists nothing (COCO ``"images": []``, an empty Label Studio
+    export): there is nothing to read, and the refusal says so in the format's own terms rather than leaving an
+    empty split to a generic "no labelled images" that cannot know the format."""
+    if not len(entries):
+        raise DbtkError(f"{path} lists no images: {what} is empty", hint=f"expected {expected}")
 
 
 def as_points(value: object) -> np.ndarray | None:

@@ -31,7 +31,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import numpy as np
 
 from dbtk.data.formats import DONT_CARE, IMAGE_SUFFIXES, _check_exif
-from dbtk.data.labelfiles import annotation_file, as_points, box, distinct_names, duplicate, file_name, load_document, locate
+from dbtk.data.labelfiles import annotation_file, as_points, box, distinct_names, duplicate, file_name, load_document, locate, require_entries
 from dbtk.data.reader import Annotation, FileReader, Problem, Record
 from dbtk.errors import DbtkError
 
@@ -54,6 +54,7 @@ class LabelStudio(FileReader):
         tasks = load_document(path, EXPECTED)
         if not isinstance(tasks, list):
             raise DbtkError(f"{path}: expected {EXPECTED}", hint="export the project as 'JSON' (not JSON-MIN, CSV or YOLO)")
+        require_entries(tasks, path, "its list of tasks", EXPECTED)
         seen: set[Path] = set()
         for number, task in enumerate(tasks, start=1):
             where = f"{path}#task {task.get('id', number) if isinstance(task, dict) else number}"
