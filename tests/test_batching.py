@@ -54,6 +54,29 @@ def test_torch_runtime_maps_do_not_depend_on_the_batch(recipe: recipes.Recipe) -
         np.testing.assert_allclose(runtime(batch[i : i + 1])[0], together[i], atol=1e-5)
 
 
+def test_cpu_runtime_forwards_a_large_batch_in_pieces_of_bounded_pixels(recipe: recipes.Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU, batching large images is slower than one at a time (benchmarks/batching.py): the runtime forwards
+    at most CPU_PIXELS_PER_FORWARD pixels at once, and the maps are those of the whole batch."""
+    from dbtk.infer import torch_runtime
+
+    torch.manual_seed(0)
+    runtime = TorchRuntime(build_model(recipe.model))
+    sizes: list[int] = []
+    forward = runtime._forward
+    monkeypatch.setattr(runtime, "_forward", lambda batch: sizes.append(len(batch)) or forward(batch))
+    small, large = np.stack(images(5, [(64, 96)])), np.stack(images(5, [(128, 192)]))
+    monkeypatch.setattr(torch_runtime, "CPU_PIXELS_PER_FORWARD", 2 * 128 * 192)
+    together = runtime(small)
+    assert sizes == [5]  # 5 small images fit in one forward
+    sizes.clear()
+    pieces = runtime(large)
+    assert sizes == [2, 2, 1]
+    sizes.clear()
+    monkeypatch.setattr(torch_runtime, "CPU_PIXELS_PER_FORWARD", 10**9)
+    np.testing.assert_allclose(pieces, runtime(large), atol=1e-5)
+    assert together.shape == (5, 64, 96) and sizes == [5]
+
+
 @pytest.mark.parametrize("count", [1, 4, 9])
 def test_n_equal_images_take_ceil_n_over_b_calls_and_match_batch_one(count: int, recipe: recipes.Recipe) -> None:
     batch = images(count, [(64, 96)])
