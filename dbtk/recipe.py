@@ -383,24 +383,19 @@ def _make_converter() -> cattrs.Converter:
 def _table_hook(cls: type) -> Callable[[Any, type], Any]:
     """cattrs' structuring of a schema table, refusing a value that is not a table: cattrs alone would test keys
     with ``in`` and fail with "argument of type 'int' is not iterable" (``train = 5``)."""
-    generated = make_dict_structure_fn(cls, converter)
-
-    def structure(value: Any, tp: type) -> Any:
-        if not isinstance(value, Mapping):
-            raise TypeError(f"expected a table, got {_describe(value)}")
-        return generated(value, tp)
-
-    return structure
+    return _refusing(Mapping, "a table", make_dict_structure_fn(cls, converter))
 
 
 def _array_hook(tp: Any) -> Callable[[Any, type], Any]:
     """cattrs' structuring of an array, refusing a value that is not one: cattrs alone would iterate a string
     character by character (``loggers = "jsonl"`` as five loggers) and a table key by key."""
-    generated = list_structure_factory(tp, converter)
+    return _refusing(list, "an array", list_structure_factory(tp, converter))
 
+
+def _refusing(kind: type, expected: str, generated: Callable[[Any, type], Any]) -> Callable[[Any, type], Any]:
     def structure(value: Any, tp: type) -> Any:
-        if not isinstance(value, list):
-            raise TypeError(f"expected an array, got {_describe(value)}")
+        if not isinstance(value, kind):
+            raise TypeError(f"expected {expected}, got {_describe(value)}")
         return generated(value, tp)
 
     return structure
@@ -898,14 +893,20 @@ def _build_named_splits(recipe: Recipe, reg: Registry) -> None:
     if data.format.name.rpartition(":")[2] not in NAMED_SPLIT_FORMATS:
         return
     for key, split in (("data.train", data.train), ("data.val", data.val)):
-        try:
-            reg.build("dataset", data.format.as_table(), split=split)
-        except DbtkError as exc:
-            exc.message = f"{key}: {exc.message}"
-            raise
-        except Exception as exc:  # noqa: BLE001 - a reader's own check (ValueError ...) is the user's to fix
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise RecipeError(f"{key}: dataset '{data.format.name}' refused its settings: {type(exc).__name__}: {first}") from exc
+        build_component(reg, key, "dataset", data.format, split=split)
+
+
+def build_component(reg: Registry, key: str, kind: str, component: Component, **provided: Any) -> Any:
+    """Build the component at recipe ``key`` (a reader, a logger); any failure of its constructor is one error
+    naming the key — a plugin's own check of its settings (a ValueError ...) is the user's to fix."""
+    try:
+        return reg.build(kind, component.as_table(), **provided)
+    except DbtkError as exc:
+        exc.message = f"{key}: {exc.message}"
+        raise
+    except Exception as exc:  # noqa: BLE001 - any plugin's refusal, in its own words
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise RecipeError(f"{key}: {kind} '{component.name}' refused its settings: {type(exc).__name__}: {first}") from exc
 
 
 def field_docs() -> list[tuple[str, str, Any, str]]:

@@ -254,21 +254,11 @@ class Trainer:
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def _reader(self, split: recipes.Split, key: str):  # noqa: ANN202
-        return self._component(key, "dataset", self.recipe.data.format, split=split)
+        return recipes.build_component(self.reg, key, "dataset", self.recipe.data.format, split=split)
 
     def _logger(self, index: int, component: recipes.Component):  # noqa: ANN202
-        return self._component(f"loggers.{index}", "logger", component, run_dir=self.run_dir)
+        return recipes.build_component(self.reg, f"loggers.{index}", "logger", component, run_dir=self.run_dir)
 
-    def _component(self, key: str, kind: str, component: recipes.Component, **provided: Any) -> Any:
-        """Build a reader or logger; any failure of its constructor is one error naming the recipe key."""
-        try:
-            return self.reg.build(kind, component.as_table(), **provided)
-        except DbtkError as exc:
-            exc.message = f"{key}: {exc.message}"
-            raise
-        except Exception as exc:  # noqa: BLE001 - a plugin's own check (ValueError ...) is the user's to fix
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            raise DbtkError(f"{key}: {kind} '{component.name}' refused its settings: {type(exc).__name__}: {first}") from exc
 
     # ------------------------------------------------------------------ checkpoints
     def _snapshot(self) -> TrainingState:
