@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.formats import DONT_CARE, _check_exif, read_text_lines
-from dbtk.data.labelfiles import as_pairs, pair_label_files
+from dbtk.data.formats import DONT_CARE, _check_exif, pair_label_files, read_text_lines
+from dbtk.data.labelfiles import as_pairs
 from dbtk.data.reader import Annotation, FileReader, Problem
 from dbtk.errors import DbtkError
 

@@ -7,7 +7,7 @@ orientation and repair happen in :func:`dbtk.data.labels.prepare` so all formats
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,13 +105,48 @@ def parse_icdar_file(path: Path, problems: list[Problem]) -> list[Annotation]:
     return annotations
 
 
+def label_names(stem: str) -> list[str]:
+    """The label file names image STEM may have in an ICDAR2015 folder: ``gt_``, bare, or ``res_`` (predictions)."""
+    return [f"gt_{stem}.txt", f"{stem}.txt", f"res_{stem}.txt"]
+
+
 def find_label_file(folder: Path, image_name: str) -> Path | None:
     """``gt_NAME.txt``, ``NAME.txt`` or ``res_NAME.txt`` for image NAME (prediction folders use res_)."""
-    stem = Path(image_name).stem
-    for candidate in (f"gt_{stem}.txt", f"{stem}.txt", f"res_{stem}.txt"):
-        if (folder / candidate).is_file():
-            return folder / candidate
-    return None
+    return next((folder / n for n in label_names(Path(image_name).stem) if (folder / n).is_file()), None)
+
+
+def pair_label_files(
+    reader: FileReader,
+    images: Path,
+    labels: Path,
+    names: Callable[[str], Sequence[str]],
+    parse: Callable[[Path, list[Problem]], list[Annotation]],
+    patterns: Sequence[str] = ("*.txt",),
+    *,
+    root: Path | None = None,
+    expected: str = "",
+) -> None:
+    """Fill ``reader`` from an image folder and a folder of per-image label files (ICDAR2015, Total-Text, CTW1500).
+
+    ``names(stem)`` lists the label file names an image may have, in order. An image without one is reported
+    (``missing_gt``) and skipped: training on it would teach that its text is background; a label file without
+    an image is reported (``missing_image``), not guessed. ``root`` and ``expected`` (the split folder and the
+    format's name) let a missing folder's error say which format the split looks like instead.
+    """
+    _require_dir(images, "image", root, expected)
+    _require_dir(labels, "label", root, expected)
+    used: set[Path] = set()
+    for image in _images_in(images):
+        label = next((labels / n for n in names(image.stem) if (labels / n).is_file()), None)
+        if label is None:
+            reader.problems.append(Problem(str(image), None, "missing_gt", f"no {names(image.stem)[0]} in {labels}"))
+            continue
+        used.add(label)
+        annotations, unreadable = read_labels(parse, label, reader.problems)
+        reader.records.append(Record(image.name, image, annotations, label, unreadable))
+    orphans = {path for pattern in patterns for path in labels.glob(pattern)} - used
+    for orphan in sorted(orphans):
+        reader.problems.append(Problem(str(orphan), None, "missing_image", f"no image for this label file in {images}"))
 
 
 class ICDAR2015(FileReader):
@@ -131,19 +166,7 @@ class ICDAR2015(FileReader):
             images, labels = root, Path(split.annotations).expanduser()
         else:
             images, labels = root / "images", root / "gts"
-        _require_dir(images, "image", None if split.annotations else root, "icdar2015")
-        _require_dir(labels, "label", None if split.annotations else root, "icdar2015")
-        used: set[Path] = set()
-        for image_path in _images_in(images):
-            label = find_label_file(labels, image_path.name)
-            if label is None:
-                self.problems.append(Problem(str(image_path), None, "missing_gt", f"no gt_{image_path.stem}.txt in {labels}"))
-                continue
-            used.add(label)
-            annotations, unreadable = read_labels(parse_icdar_file, label, self.problems)
-            self.records.append(Record(image_path.name, image_path, annotations, label, unreadable))
-        for orphan in sorted(set(labels.glob("*.txt")) - used):  # labels whose image is gone: reported, not guessed
-            self.problems.append(Problem(str(orphan), None, "missing_image", f"no image for this label file in {images}"))
+        pair_label_files(self, images, labels, label_names, parse_icdar_file, root=None if split.annotations else root, expected="icdar2015")
 
 
 class ReceiptJSON(FileReader):

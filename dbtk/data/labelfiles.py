@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence, Sized
+from collections.abc import Sized
 from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dbtk.data.formats import _images_in, _require_dir
-from dbtk.data.reader import Problem, Record, read_labels
+from dbtk.data.formats import _require_dir
+from dbtk.data.reader import Problem, Record
 from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
-    from dbtk.data.reader import Annotation, FileReader
     from dbtk.recipe import Split
 
 #: JSON that cannot be decoded: syntax (truncated files), bytes that are not UTF-8, nesting deeper than Python
@@ -107,36 +106,6 @@ def locate(reference: str, *folders: Path) -> Path | None:
     then its file name in each folder (labels moved away from where they were made)."""
     candidates = [folder / reference for folder in folders] + [folder / file_name(reference) for folder in folders]
     return next((path for path in candidates if path.is_file()), None)
-
-
-def pair_label_files(
-    reader: FileReader,
-    images: Path,
-    labels: Path,
-    names: Callable[[str], Sequence[str]],
-    parse: Callable[[Path, list[Problem]], list[Annotation]],
-    patterns: Sequence[str] = ("*.txt",),
-) -> None:
-    """Fill ``reader`` from an image folder and a folder of per-image label files (Total-Text, CTW1500).
-
-    ``names(stem)`` lists the label file names an image may have, in order. An image without one is reported
-    (``missing_gt``) and skipped: training on it would teach that its text is background; a label file without
-    an image is reported (``missing_image``), not guessed.
-    """
-    _require_dir(images, "image")
-    _require_dir(labels, "label")
-    used: set[Path] = set()
-    for image in _images_in(images):
-        label = next((labels / n for n in names(image.stem) if (labels / n).is_file()), None)
-        if label is None:
-            reader.problems.append(Problem(str(image), None, "missing_gt", f"no {names(image.stem)[0]} in {labels}"))
-            continue
-        used.add(label)
-        annotations, unreadable = read_labels(parse, label, reader.problems)
-        reader.records.append(Record(image.name, image, annotations, label, unreadable))
-    orphans = {path for pattern in patterns for path in labels.glob(pattern)} - used
-    for orphan in sorted(orphans):
-        reader.problems.append(Problem(str(orphan), None, "missing_image", f"no image for this label file in {images}"))
 
 
 def duplicate(seen: set[Path], image: Path, where: str, line: int | None, problems: list[Problem]) -> bool:
