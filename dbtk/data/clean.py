@@ -63,7 +63,7 @@ def scan_image(reader: Reader, index: int, min_size: float = 0.0) -> ImageResult
         points = sample.annotations[finding.index].points
         result.findings.append((finding.reason.value, finding.line, _short(points), finding.dropped))
     if labels.skip:
-        result.image_problem = (labels.skip, f"{sample.name}: none of its {len(sample.annotations)} polygons is usable")
+        result.image_problem = (labels.skip, f"{sample.name}: {labels.skip_detail}")
         return result
     result.polygons, result.texts, result.ignore = labels.polygons, labels.texts, labels.ignore
     if sample.decoded.orientation != 1:

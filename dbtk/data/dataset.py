@@ -63,7 +63,7 @@ def usable_labels(sample: RawSample, exif: str) -> tuple[np.ndarray, list[np.nda
     repair counts, or :class:`SampleError` when the sample must be skipped."""
     labels = prepare(sample, exif)
     if labels.skip:
-        raise SampleError(labels.skip, f"{sample.name}: none of its {len(sample.annotations)} polygons is usable", labels.repairs)
+        raise SampleError(labels.skip, f"{sample.name}: {labels.skip_detail}", labels.repairs)
     return labels.image, labels.polygons, labels.ignore, labels.repairs
 
 

@@ -43,6 +43,7 @@ class Labels:
     kept: list[int] = field(default_factory=list)  # index of each kept polygon in RawSample.annotations
     findings: list[Finding] = field(default_factory=list)
     skip: str | None = None  # a reason code when the whole sample must not be used
+    skip_detail: str = ""  # why, in words: "none of its 3 polygons is usable"
 
     @property
     def repairs(self) -> Counter:
@@ -73,4 +74,13 @@ def prepare(sample: RawSample, exif: str, *, min_size: float = 0.0) -> Labels:
             labels.kept.append(index)
     if (sample.annotations or sample.unreadable) and not labels.polygons:
         labels.skip = NO_VALID_POLYGONS
+        labels.skip_detail = _nothing_usable(len(annotations), sample.unreadable)
     return labels
+
+
+def _nothing_usable(polygons: int, unreadable: int) -> str:
+    """Why a skipped sample had nothing to learn from, in its own counts (the same words in every report)."""
+    read = f"none of its {polygons} polygons is usable" if polygons else ""
+    lines = f"none of its {unreadable} label lines could be read" if unreadable and not polygons else ""
+    also = f" ({unreadable} more label lines could not be read)" if unreadable and polygons else ""
+    return (read or lines) + also

@@ -114,7 +114,7 @@ def scored_samples(reader: Reader, result: EvalResult) -> Iterator[Scored | None
         labels = prepare(sample, reader.exif)
         result.repairs.update(labels.repairs)
         if labels.skip:
-            result.problems.append(Problem(sample.name, None, labels.skip, f"none of its {len(sample.annotations)} polygons is usable"))
+            result.problems.append(Problem(sample.name, None, labels.skip, labels.skip_detail))
             result.skipped[labels.skip] += 1
             yield None
             continue

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from dbtk.errors import DbtkError
+from dbtk.recipe import valid_device
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -21,10 +22,9 @@ def resolve_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise DbtkError(f"unknown device '{name}'", hint="use auto, cpu, cuda, cuda:N or mps") from None
+    if not valid_device(name):  # the recipe's rule: torch.device also takes 'meta', 'xpu' ..., which dbtk cannot run on
+        raise DbtkError(f"unknown device '{name}'", hint="use auto, cpu, cuda, cuda:N or mps")
+    device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise DbtkError(f"device '{name}' requested but CUDA is not available", hint="run 'dbtk doctor' to see why")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():

@@ -132,6 +132,18 @@ def test_train_device_option_is_checked_before_anything_is_built(synthetic: Path
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("device", ["tpu", "meta", "xpu", "cuda:", "CPU", "cpu:0"])
+def test_every_device_option_follows_the_recipe_rule(device: str) -> None:
+    """predict, eval, export, serve and doctor resolve --device through io.device: the same rule as train.device."""
+    from dbtk import recipe as recipes
+    from dbtk.errors import DbtkError
+    from dbtk.io.device import resolve_device
+
+    assert not recipes.valid_device(device)
+    with pytest.raises(DbtkError, match=f"unknown device '{device}'"):
+        resolve_device(device)
+
+
 # ------------------------------------------------------------------ run names stay inside the runs folder
 @pytest.mark.parametrize("name", ["../../escape", "a/b", "a\\b", "..", ".", "", " "])
 def test_a_run_name_cannot_leave_the_runs_folder(synthetic: Path, name: str) -> None:

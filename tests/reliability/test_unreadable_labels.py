@@ -43,4 +43,8 @@ def test_an_image_whose_labels_are_all_unreadable_is_skipped_everywhere(tmp_path
     eval_skipped = {p["where"]: p["reason"] for p in result["problems"] if p["reason"] in set(result["skipped_images"])}
 
     assert clean_skipped == train_skipped == eval_skipped == {"unreadable.jpg": "no_valid_polygons"}
+    # and each says why in the same words, from the counts that made the decision
+    why = "none of its 2 label lines could be read"
+    assert [u for u in report["unusable_images"] if why in json.dumps(u)], report["unusable_images"]
+    assert [p for p in result["problems"] if p["reason"] == "no_valid_polygons" and p["detail"] == why], result["problems"]
     assert result["images"] == 2  # ok.jpg and the negative page are scored
