@@ -19,6 +19,7 @@ from dbtk.data.reader import Reader
 from dbtk.errors import DbtkError
 from dbtk.recipe import Split
 from dbtk.registry import registry
+from tests.conftest import run_dbtk
 from tests.data_fixtures import jpeg_bytes, text_image
 from tests.external_fixtures import BOXES, HEIGHT, WIDTH, WRITERS, image_bytes, rect, write_ctw1500, write_images
 
@@ -393,3 +394,14 @@ def test_a_file_where_a_folder_belongs_and_a_folder_of_another_format_are_named(
     with pytest.raises(DbtkError, match="no images found") as caught:  # predict, export --calibrate, --images
         image_files([str(tmp_path / "none")])
     assert "folders holding them" in str(caught.value.hint)
+
+
+@pytest.mark.parametrize(("fmt", "hint"), [("ppocr", "docs/data.md shows the files each format's reader expects"),
+                                           ("icdar2015", "an icdar2015 split is DIR/images/NAME.jpg")])
+def test_an_empty_split_gets_its_own_formats_hint(tmp_path: Path, fmt: str, hint: str) -> None:
+    (tmp_path / "images").mkdir()
+    (tmp_path / "gts").mkdir()
+    (tmp_path / "Label.txt").write_text("")
+    proc = run_dbtk("clean-data", str(tmp_path), "--format", fmt, "--check")
+    assert proc.returncode == 2 and "error: nothing to check: no labelled images" in proc.stderr
+    assert f"hint: {hint}" in proc.stderr and "Traceback" not in proc.stderr

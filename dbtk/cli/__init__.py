@@ -120,7 +120,10 @@ def require_samples(reader: Reader, split: str, action: str) -> None:
         first = reader.problems[0]
         hint = f"reading it found {len(reader.problems)} problem(s), e.g. {first.where()}: {first.detail}"
     else:
-        hint = "an icdar2015 split is DIR/images/NAME.jpg with DIR/gts/gt_NAME.txt; receipt JSON needs --annotations FILE"
+        from dbtk.data.formats import ICDAR2015
+
+        hint = ("an icdar2015 split is DIR/images/NAME.jpg with DIR/gts/gt_NAME.txt; receipt JSON needs --annotations FILE"
+                if isinstance(reader, ICDAR2015) else "docs/data.md shows the files each format's reader expects")
     raise DbtkError(f"nothing to {action}: no labelled images in {split}", hint=hint)
 
 
