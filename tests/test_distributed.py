@@ -153,3 +153,31 @@ def test_a_crashed_rank_stops_the_others(recipe: Path, tmp_path: Path) -> None:
     assert "rank 0 lost contact with the other training processes" in err or "Signal 15 (SIGTERM) received" in err
     time.sleep(1)
     assert not Path(f"/proc/{workers['0']}").exists() or "zombie" in Path(f"/proc/{workers['0']}/status").read_text()
+
+
+def test_sigterm_to_the_launcher_saves_every_rank_and_exits_143(recipe: Path, tmp_path: Path) -> None:
+    """A scheduler's ``kill`` reaches ``dbtk train --nproc`` alone, not torchrun: the launcher passes it on (it used
+    to SIGKILL torchrun, losing the ranks' steps), the ranks agree at the next logging step, save and end."""
+    from dbtk.io.checkpoint import read_training_state
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "dbtk", "train", str(recipe), "--out", str(out), "--device", "cpu", "--nproc", "2",
+               "--set", "train.max_steps=100000"]
+    launcher = subprocess.Popen(command, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)  # no terminal's Ctrl-C here
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 3):
+        time.sleep(0.5)
+    assert metrics.exists(), "training never started"
+    launcher.send_signal(signal.SIGTERM)
+    try:
+        _, err = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 128 + signal.SIGTERM, err
+    assert "warning: terminated by SIGTERM at step" in err and "Traceback" not in err, err
+    _, _, state = read_training_state(out / "checkpoints" / "last.safetensors")
+    logged = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert state["position"]["step"] >= max(logged) >= 3  # saved at (or after) the last logged step: nothing lost

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -146,8 +147,17 @@ def require_in_sync(world: World, module: torch.nn.Module) -> None:
 
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """``dbtk train ... --nproc N``: run the same command under torchrun on this machine; returns its exit code."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "dbtk", *argv]
-    try:
-        return subprocess.call(command)
-    except KeyboardInterrupt:  # torchrun forwards the signal to the ranks, which save and exit
-        return 130
+    command = [sys.executable, "-m", "dbtk.engine.torchrun", "--standalone", f"--nproc_per_node={nproc}", "-m", "dbtk", *argv]
+    process = subprocess.Popen(command)
+    stopped_by = 0
+    while True:
+        try:
+            code = process.wait()
+            return 128 + stopped_by if stopped_by else code
+        except KeyboardInterrupt as exc:
+            # Ctrl-C in a terminal reaches torchrun too; a SIGTERM sent to this process alone (a scheduler, `kill`)
+            # does not, and subprocess.call would SIGKILL torchrun here, losing every rank's steps since its
+            # checkpoint. Pass the signal on and keep waiting: torchrun hands it to the ranks, which save and exit.
+            stopped_by = getattr(exc, "signum", signal.SIGINT)
+            if process.poll() is None:
+                process.send_signal(stopped_by)
