@@ -271,7 +271,7 @@ class Postprocess:
 @attrs.define
 class Eval:
     long_side: int = _field(1024, "inference resize: longest image side in pixels", multiple_of(32, MAX_SIDE))
-    batch_size: int = _field(1, "images per inference batch", between(1, MAX_BATCH))
+    batch_size: int = _field(1, "images per inference batch (images of equal resized size share a forward pass; on a CPU at most 4 x 256² pixels go through one)", between(1, MAX_BATCH))
     tile: int = _field(
         0, "tiled inference (0 = off): pages scaled by tile_scale, not resized to long_side, in overlapping tiles of this side whose probability maps are stitched before post-processing",
         multiple_of(32, MAX_SIDE, allow_zero=True, low=MIN_TILE),

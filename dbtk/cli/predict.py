@@ -26,7 +26,7 @@ def _tile_side(_ctx: click.Context, _param: click.Parameter, value: int | None) 
               help="json: NAME.json per image; icdar: res_NAME.txt per image (x1,y1,...,score); receipt-json: one predictions.json in the competition shape.")
 @click.option("--vis", is_flag=True, help="Also write NAME_vis.jpg overlays.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=None, help="Images per forward pass (default: the recipe's eval.batch_size).")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=None, help="Images per batch (default: the recipe's eval.batch_size); on a CPU at most 4 x 256² pixels go through one forward pass.")
 @click.option("--tile", type=click.IntRange(0, 8192), default=None, callback=_tile_side, metavar="PX",
               help="Detect in overlapping tiles of PX (a multiple of 32, e.g. 1024) stitched into one page, at the recipe's "
                    "eval.tile_scale (native scale by default) instead of resizing: small text on large scans. 0 = off "
