@@ -21,16 +21,18 @@ from tests.data_fixtures import jpeg_bytes
 class Dark:
     """A per-pixel 'network' (probability = darkness): any tiling of a page must give the page's own map."""
 
-    def __init__(self, input_size: tuple[int, int] | None = None, blind: int = 0) -> None:
+    def __init__(self, input_size: tuple[int, int] | None = None, blind: int = 0, border: float = 0.0) -> None:
         self.input_size = input_size
-        self.blind = blind  # px at each tile border answered 0, like a network without context there
+        self.blind = blind  # px at each tile border answered `border`, like a network without context there
+        self.border = border  # 0: a line cut by the border fades; 1: the cut itself looks like text
         self.shapes: list[tuple[int, ...]] = []
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         self.shapes.append(batch.shape)
         prob = 1.0 - batch[..., 0].astype(np.float32) / 255.0
         if self.blind:
-            prob[:, : self.blind], prob[:, -self.blind :], prob[:, :, : self.blind], prob[:, :, -self.blind :] = 0, 0, 0, 0
+            b = self.border
+            prob[:, : self.blind], prob[:, -self.blind :], prob[:, :, : self.blind], prob[:, :, -self.blind :] = b, b, b, b
         return prob
 
 
@@ -103,6 +105,21 @@ def test_overlap_hides_the_tile_borders_the_network_cannot_see_across() -> None:
     # Without overlap the blind borders cut the long bar (and lose pieces): the overlap is what makes it whole.
     cut = Detector(Dark(blind=12), recipe(128, 0)).detect_arrays([image])[0]
     assert len(cut) != len(reference)
+
+
+@pytest.mark.parametrize("border", [0.0, 1.0])
+@pytest.mark.parametrize(("height", "width", "tile", "overlap"), [(300, 700, 128, 32), (333, 717, 256, 64), (500, 260, 128, 64)])
+def test_every_pixel_comes_from_a_tile_it_lies_well_inside(border: float, height: int, width: int, tile: int, overlap: int) -> None:
+    """Whatever a network answers within overlap / 2 of a tile's border — too low or falsely high — never reaches
+    the stitched map, except at the page's own edges: each pixel is taken from the tile it lies deepest in."""
+    image = page(height, width, BARS)
+    blind = overlap // 2
+    config = recipe(tile, overlap)
+    stitched, _ = Detector(Dark(blind=blind, border=border), config).stitched_map(image, 4)
+    truth, _ = Detector(Dark(), config).stitched_map(image, 4)
+    inner = (slice(blind, height - blind), slice(blind, width - blind))
+    np.testing.assert_array_equal(stitched[inner], truth[inner])
+    np.testing.assert_allclose(truth, 1.0 - image[..., 0] / 255.0, atol=1e-6)  # and the clean tiles give the page's map
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
