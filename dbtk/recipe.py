@@ -141,7 +141,7 @@ def a_folder_name() -> Callable[[Any, attrs.Attribute, Any], None]:
 
 
 #: Devices ``dbtk.io.device.resolve_device`` turns into a torch device; checked with the recipe, before torch loads.
-DEVICES = re.compile(r"auto|cpu|mps|cuda(?::\d+)?")
+DEVICES = re.compile(r"auto|cpu|mps|cuda(?::[0-9]{1,4})?")  # ASCII digits; an index torch.device can hold
 
 
 def valid_device(name: str) -> bool:

@@ -21,6 +21,10 @@ from dbtk.errors import DbtkError
 if TYPE_CHECKING:
     from dbtk.recipe import Split
 
+#: The most images a synthetic split may hold: an epoch's shuffled order alone costs 8 bytes an image, and a
+#: count near 2**64 overflows it — far beyond any run (images are drawn on the fly, one per index).
+MAX_COUNT = 100_000_000
+
 _FONTS = (0, 1, 2, 3, 4, 6, 7)  # cv2.FONT_HERSHEY_* faces that render Latin text
 _ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 #: Points along each long edge of a curved line's label (2 × this many in all): the chords then stay within half a
@@ -63,7 +67,8 @@ class SyntheticText:
         curved: float = 0.0,
         seed: int = 0,
     ) -> None:
-        _require(count >= 1 and val_count >= 1, f"count and val_count must be at least 1, got {count} and {val_count}")
+        _require(1 <= count <= MAX_COUNT and 1 <= val_count <= MAX_COUNT,
+                 f"count and val_count must be between 1 and {MAX_COUNT:,}, got {count} and {val_count}")
         _require(32 <= width <= 4096 and 32 <= height <= 4096, f"width and height must be 32-4096 px, got {width}×{height}")
         _require(1 <= max_lines <= 64, f"max_lines must be 1-64, got {max_lines}")
         _require(4 <= min_height <= max_height <= height - 16,

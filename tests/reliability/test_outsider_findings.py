@@ -101,7 +101,8 @@ def synthetic(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("override", "fragments"),
     [
-        ('data.format={name="synthetic", count=-1}', ("data.train", "count", "at least 1")),
+        ('data.format={name="synthetic", count=-1}', ("data.train", "count", "between 1 and")),
+        ('data.format={name="synthetic", count=18446744073709551617}', ("data.train", "count", "between 1 and")),
         ('data.format={name="synthetic", width=0}', ("data.train", "width")),
         ('data.format={name="synthetic", curved=2.0}', ("data.train", "curved")),
         ('data.format={name="synthetic", seed=-1}', ("data.train", "seed")),
@@ -112,6 +113,8 @@ def synthetic(tmp_path: Path) -> Path:
         ("train.device=tpu", ("train.device", "'cuda:N'")),
         ("train.device=cuda:x", ("train.device",)),
         ("train.device=meta", ("train.device",)),
+        ("train.device=cuda:99999999999999999999", ("train.device",)),
+        ("train.device=cuda:０", ("train.device",)),
     ],
 )
 def test_recipe_check_refuses_what_could_not_run(synthetic: Path, override: str, fragments: tuple[str, ...]) -> None:
@@ -132,7 +135,7 @@ def test_train_device_option_is_checked_before_anything_is_built(synthetic: Path
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("device", ["tpu", "meta", "xpu", "cuda:", "CPU", "cpu:0"])
+@pytest.mark.parametrize("device", ["tpu", "meta", "xpu", "cuda:", "CPU", "cpu:0", "cuda:2147483648", "cuda:０"])
 def test_every_device_option_follows_the_recipe_rule(device: str) -> None:
     """predict, eval, export, serve and doctor resolve --device through io.device: the same rule as train.device."""
     from dbtk import recipe as recipes
