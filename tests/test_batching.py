@@ -143,3 +143,23 @@ def test_dbtk_predict_batches_its_images_and_skips_unreadable_ones(
     written = sorted(p.name for p in (tmp_path / "out").glob("*.json"))
     assert written == [f"page{i}.json" for i in range(5)]
     assert all(json.loads((tmp_path / "out" / name).read_text())["detections"] for name in written)
+
+
+def test_dbtk_predict_keeps_every_result_when_stems_clash(recipe: recipes.Recipe, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """``x.png`` in two folders and ``x.jpg`` beside one of them: three results, none overwritten, and it says so."""
+    import cv2
+    from click.testing import CliRunner
+
+    from dbtk.cli.predict import predict
+
+    for relative in ("a/x.png", "b/x.png", "a/x.jpg", "a/y.png"):
+        (tmp_path / relative).parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(tmp_path / relative), images(1, [(64, 96)])[0])
+    monkeypatch.setattr(Detector, "load", classmethod(lambda cls, path, device="auto": Detector(Dark(), recipe)))
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(predict, [str(model), str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out), "--format", "icdar"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["res_a_x.jpg.txt", "res_a_x.png.txt", "res_b_x.png.txt", "res_y.txt"]
+    assert "3 images share a file stem" in " ".join(result.output.split())

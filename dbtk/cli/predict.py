@@ -46,6 +46,7 @@ def predict(
     from dbtk.errors import DbtkError
 
     paths = image_files(images)
+    names = _output_names(paths)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _ui.step(_ui.loading_message(checkpoint))
@@ -80,16 +81,48 @@ def predict(
     with _ui.progress("predicting", len(paths)) as advance:
         for path, image, detections in detector.detect_stream(readable(), batch_size):  # batched: --batch-size
             advance()
+            stem, name = names[path]
             if out_format == "json":
-                write_json(out / f"{path.stem}.json", detections_json(path.name, (image.shape[1], image.shape[0]), detections))
+                write_json(out / f"{stem}.json", detections_json(name, (image.shape[1], image.shape[0]), detections))
             elif out_format == "icdar":
-                (out / f"res_{path.stem}.txt").write_text(icdar_lines(detections), encoding="utf-8")
+                (out / f"res_{stem}.txt").write_text(icdar_lines(detections), encoding="utf-8")
             else:
-                receipt[path.name] = receipt_words(detections)
+                receipt[name] = receipt_words(detections)
             if vis:
-                cv2.imwrite(str(out / f"{path.stem}_vis.jpg"), draw_overlay(image, detections))
+                cv2.imwrite(str(out / f"{stem}_vis.jpg"), draw_overlay(image, detections))
     if failed == len(paths):
         raise DbtkError(f"none of the {len(paths)} images could be read", hint="the warnings above say why, image by image")
     if out_format == "receipt-json":
         write_json(out / "predictions.json", {"images": receipt})
     _ui.console().print(f"[green]✓[/] {len(paths) - failed} images → {out}" + (f" ({failed} unreadable)" if failed else ""))
+
+
+def _output_names(paths: list) -> dict:  # noqa: ANN001 - Path -> (output stem, image name)
+    """Each image's output stem and name: its own (``x``, ``x.png``) unless another input shares the stem —
+    ``x.png`` beside ``x.jpg``, or ``x.png`` in two folders — whose outputs would overwrite each other's. Those
+    are named by their path below the folder they share, file name included (``a_x.png``, ``b_x.png``, ``x.jpg``),
+    and said once."""
+    import os
+    from collections import Counter
+    from pathlib import Path
+
+    from dbtk.cli import _ui
+
+    stems = Counter(path.stem for path in paths)
+    clashing = [path for path in paths if stems[path.stem] > 1]
+    names = {path: (path.stem, path.name) for path in paths if stems[path.stem] == 1}
+    if clashing:
+        common = Path(os.path.commonpath([path.absolute().parent for path in clashing]))
+        taken = {stem for stem, _ in names.values()}
+        for path in clashing:
+            name = "_".join(path.absolute().relative_to(common).parts)
+            unique, number = name, 1
+            while unique in taken:
+                number += 1
+                unique = f"{name}-{number}"
+            taken.add(unique)
+            names[path] = (unique, unique)
+        _ui.warn(f"{len(clashing)} images share a file stem with another input (e.g. {clashing[0]}): their outputs are "
+                 f"named by their path and suffix, e.g. {names[clashing[0]][0]}.json")
+    return names
+
