@@ -71,11 +71,13 @@ def test_dry_run_prints_the_estimate(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_max_steps_wins_over_a_budget_and_the_plan_line_says_so(tmp_path: Path) -> None:
+@pytest.mark.parametrize("steps", [3, 12])  # 12: as many as one epoch has (the note once landed in "12 steps/epoch")
+def test_max_steps_wins_over_a_budget_and_the_plan_line_says_so(tmp_path: Path, steps: int) -> None:
     done = run_dbtk("train", str(write(tmp_path, 600)), "--out", str(tmp_path / "run"), "--dry-run", "--device", "cpu",
-                    "--set", "train.max_steps=3", timeout=300)
+                    "--set", f"train.max_steps={steps}", timeout=300)
     assert done.returncode == 0, done.stderr
-    assert "3 steps (train.max_steps; train.time_budget '600s' applies only with max_steps = 0)" in " ".join(done.stderr.split())
+    said = " ".join(done.stderr.split())
+    assert f"12 steps/epoch, {steps} steps (train.max_steps; train.time_budget '600s' applies only with max_steps = 0) (batch" in said
 
 
 def test_a_budget_too_small_for_warm_up_and_one_validation_is_refused() -> None:

@@ -235,6 +235,19 @@ def test_train_cli_refuses_to_overwrite_and_resumes(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "nothing to resume" in missing.stderr
 
 
+def test_resuming_a_finished_run_changes_nothing(tmp_path: Path) -> None:
+    """--resume of a run that already ended (validated at its last step): no second validation, no duplicate log."""
+    recipe_path = tmp_path / "tiny.toml"
+    recipe_path.write_text(TINY.replace("PRECISION", "fp32").replace("val_every = 0", "val_every = 1").replace('train = "train"', 'train = "train"\nval = "val"'))
+    out = tmp_path / "run"
+    assert run_dbtk("train", str(recipe_path), "--out", str(out)).returncode == 0
+    before = (out / "metrics.jsonl").read_text()
+    assert '"val/hmean"' in before
+    again = run_dbtk("train", str(recipe_path), "--out", str(out), "--resume")
+    assert again.returncode == 0, again.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+
+
 def test_unknown_logger_and_bad_data_are_clear(tmp_path: Path) -> None:
     with pytest.raises(DbtkError, match=r"loggers.0: unknown logger 'jsnl' \(did you mean 'jsonl'\?\)"):
         Trainer(recipes.structure({**recipes.unstructure(tiny()), "loggers": [{"name": "jsnl"}]}), tmp_path)

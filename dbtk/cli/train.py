@@ -150,16 +150,19 @@ def _run(trainer: Trainer, recipe: Recipe, run_dir: Path, dry_run: bool, resumin
             return
         return
     processes = f" × {trainer.world.size} processes" if trainer.world.distributed else ""
+    steps = f"{trainer.total_steps} steps"
+    if trainer.budget is not None:
+        steps = f"steps fixed by the time budget ({recipe.train.time_budget})"
+    elif recipe.train.time_budget and resuming:  # the count the budget fixed, kept in the run's recipe
+        steps = f"{trainer.total_steps} steps (the count train.time_budget {recipe.train.time_budget!r} fixed)"
+    elif recipe.train.time_budget:  # max_steps wins
+        steps = (f"{trainer.total_steps} steps (train.max_steps; train.time_budget {recipe.train.time_budget!r} "
+                 "applies only with max_steps = 0)")
     plan = (
-        f"{len(trainer.dataset)} training images, {trainer.steps_per_epoch} steps/epoch, {trainer.total_steps} steps "
+        f"{len(trainer.dataset)} training images, {trainer.steps_per_epoch} steps/epoch, {steps} "
         f"(batch {recipe.train.batch_size} × accumulate {recipe.train.accumulate}{processes}), {recipe.train.precision} on {trainer.device}"
         + (f", resuming at step {trainer.state.position.step}" if resuming else "")
     )
-    if trainer.budget is not None:
-        plan = plan.replace(f"{trainer.total_steps} steps", f"steps fixed by the time budget ({recipe.train.time_budget})")
-    elif recipe.train.time_budget:  # max_steps wins (also how a budgeted run's own recipe keeps its planned count)
-        plan = plan.replace(f"{trainer.total_steps} steps", f"{trainer.total_steps} steps (train.max_steps; "
-                            f"train.time_budget {recipe.train.time_budget!r} applies only with max_steps = 0)")
     _ui.step(plan)
     if dry_run:
         if trainer.budget is not None:

@@ -41,8 +41,8 @@ class Cadence:
         return count + 1
 
     def checkpoints(self, after: int, until: int) -> int:
-        """Checkpoint writes in steps (after, until]: the cadence, epoch ends, three around each validation (before
-        it, and ``best`` + ``last`` when it finds a new best), the end."""
+        """Checkpoint writes in steps (after, until]: the cadence, epoch ends, three around each validation (``last``
+        before it; after it ``last`` again with its score, and ``best`` when it finds a new best), the end."""
         return (_multiples(after, until, self.checkpoint_every) + _multiples(after, until, self.steps_per_epoch)
                 + 3 * self.validations(after, until) + 1)
 

@@ -162,7 +162,8 @@ class Trainer:
                             hint=f"give a step after {self.state.position.step}, or resume without --stop-at")
         self.loggers = [self._logger(i, c) for i, c in enumerate(recipe.loggers)] if self.world.is_main else []
         self._compiled = False
-        self._validated_at = -1
+        # a run resumed where it was last validated (a finished run) is not validated and logged again
+        self._validated_at = max((int(h["step"]) for h in self.state.history if "val/hmean" in h), default=-1)
         self._saved_step = -1
         self._seconds = {"save": 0.0, "validate": 0.0}  # what the last checkpoint write and validation took
         self._measure_from = 0.0
@@ -587,7 +588,9 @@ class Trainer:
         if summary.hmean > self.state.best_hmean:
             self.state.best_hmean = summary.hmean
             self.save("best", with_state=False)
-            self.save("last", collective=False)  # a resumed run knows this best and never overwrites it with a worse one
+        # `last` again, holding this score (and a new best): a resumed run never overwrites the best with a worse
+        # one, and never validates this step again (a --resume of a finished run has nothing left to do)
+        self.save("last", collective=False)
         distributed.barrier()
 
     # ------------------------------------------------------------------ time budget
