@@ -163,3 +163,16 @@ def test_dbtk_predict_keeps_every_result_when_stems_clash(recipe: recipes.Recipe
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["res_a_x.jpg.txt", "res_a_x.png.txt", "res_b_x.png.txt", "res_y.txt"]
     assert "3 images share a file stem" in " ".join(result.output.split())
+
+
+def test_dbtk_predict_never_writes_among_its_input_images(tmp_path) -> None:  # noqa: ANN001
+    import cv2
+
+    from tests.conftest import run_dbtk
+
+    cv2.imwrite(str(tmp_path / "x.png"), images(1, [(64, 96)])[0])
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"")
+    proc = run_dbtk("predict", str(model), str(tmp_path), "--out", str(tmp_path), "--vis")
+    assert proc.returncode == 2 and "holds input images" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "x.png"]

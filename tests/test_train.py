@@ -235,6 +235,14 @@ def test_train_cli_refuses_to_overwrite_and_resumes(tmp_path: Path) -> None:
     assert missing.returncode == 2 and "nothing to resume" in missing.stderr
 
 
+def test_stop_at_the_last_step_finishes_the_run(tmp_path: Path) -> None:
+    """--stop-at equal to the run's last step is the run's own end: final validation and best.safetensors too."""
+    trainer = Trainer(tiny(**{"data.val": "val"}), tmp_path / "run", stop_at=6)
+    trainer.run()  # no StopRequested
+    assert (tmp_path / "run" / "checkpoints" / "best.safetensors").exists()
+    assert any("val/hmean" in h and h["step"] == 6 for h in trainer.state.history)
+
+
 def test_resuming_a_finished_run_changes_nothing(tmp_path: Path) -> None:
     """--resume of a run that already ended (validated at its last step): no second validation, no duplicate log."""
     recipe_path = tmp_path / "tiny.toml"

@@ -48,6 +48,9 @@ def predict(
     paths = image_files(images)
     names = _output_names(paths)
     out = Path(out_dir)
+    if any(path.parent.resolve() == out.resolve() for path in paths):  # a second run would read the first's overlays
+        raise DbtkError(f"--out {out.resolve()} holds input images: dbtk never writes among its inputs",
+                        hint="choose an --out folder of its own, e.g. --out predictions")
     out.mkdir(parents=True, exist_ok=True)
     _ui.step(_ui.loading_message(checkpoint))
 

@@ -431,7 +431,7 @@ class Trainer:
                 if stop_signal:
                     self.save("last")
                     raise Interrupted(stop_signal)
-                if self.state.position.step == self.stop_at:
+                if self.state.position.step == self.stop_at and self.stop_at < self.total_steps:  # at the end: finish
                     self.save("last")
                     raise StopRequested
                 if train.checkpoint_every and self.state.position.step % train.checkpoint_every == 0:
