@@ -186,6 +186,20 @@ def test_onnx_inference_never_imports_torch(onnx_file: Path, images: list[np.nda
     assert json.loads((tmp_path / "out" / "page.json").read_text())["detections"]
 
 
+def test_an_onnx_file_on_a_device_onnxruntime_lacks_blames_the_device_not_the_file(onnx_file: Path) -> None:
+    import onnxruntime
+
+    from dbtk.errors import DbtkError
+    from dbtk.infer.onnx_runtime import OnnxRuntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    with pytest.raises(DbtkError) as refused:
+        OnnxRuntime(onnx_file, device="cuda")
+    assert "no CUDA provider" in refused.value.message and "not a loadable ONNX model" not in refused.value.message
+    assert refused.value.hint == "pip install onnxruntime-gpu, or use --device cpu"
+
+
 def test_missing_onnx_extra_is_named(monkeypatch: pytest.MonkeyPatch, onnx_file: Path) -> None:
     from dbtk.errors import DbtkError
     from dbtk.infer.detector import Detector

@@ -65,10 +65,9 @@ class OnnxRuntime:
             raise DbtkError(f"ONNX file not found: {path}")
         options = ort.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initialisers are noise to users
+        providers = providers_for(device, ort.get_available_providers())  # a device problem is not the file's
         try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=providers_for(device, ort.get_available_providers())
-            )
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for bad files
             raise DbtkError(f"{path} is not a loadable ONNX model ({type(exc).__name__}: {exc})") from None
         metadata = self.session.get_modelmeta().custom_metadata_map
