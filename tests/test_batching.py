@@ -163,6 +163,9 @@ def test_dbtk_predict_keeps_every_result_when_stems_clash(recipe: recipes.Recipe
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["res_a_x.jpg.txt", "res_a_x.png.txt", "res_b_x.png.txt", "res_y.txt"]
     assert "3 images share a file stem" in " ".join(result.output.split())
+    alone = tmp_path / "alone"  # x.png beside x.jpg in one folder: named by their file names
+    CliRunner().invoke(predict, [str(model), str(tmp_path / "a" / "x.png"), str(tmp_path / "a" / "x.jpg"), "--out", str(alone), "--format", "icdar"])
+    assert sorted(p.name for p in alone.iterdir()) == ["res_x.jpg.txt", "res_x.png.txt"]
 
 
 def test_dbtk_predict_never_writes_among_its_input_images(tmp_path) -> None:  # noqa: ANN001

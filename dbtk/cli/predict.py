@@ -100,32 +100,23 @@ def predict(
     _ui.console().print(f"[green]✓[/] {len(paths) - failed} images → {out}" + (f" ({failed} unreadable)" if failed else ""))
 
 
+
 def _output_names(paths: list) -> dict:  # noqa: ANN001 - Path -> (output stem, image name)
     """Each image's output stem and name: its own (``x``, ``x.png``) unless another input shares the stem —
     ``x.png`` beside ``x.jpg``, or ``x.png`` in two folders — whose outputs would overwrite each other's. Those
-    are named by their path below the folder they share, file name included (``a_x.png``, ``b_x.png``, ``x.jpg``),
-    and said once."""
-    import os
+    are named by their path below the folder they share, file name included (``a_x.png``, ``b_x.png``, ``a_x.jpg``;
+    :func:`dbtk.data.labelfiles.unique_names`), and said once."""
     from collections import Counter
     from pathlib import Path
 
     from dbtk.cli import _ui
+    from dbtk.data.labelfiles import unique_names
 
-    stems = Counter(path.stem for path in paths)
-    clashing = [path for path in paths if stems[path.stem] > 1]
-    names = {path: (path.stem, path.name) for path in paths if stems[path.stem] == 1}
-    if clashing:
-        common = Path(os.path.commonpath([path.absolute().parent for path in clashing]))
-        taken = {stem for stem, _ in names.values()}
-        for path in clashing:
-            name = "_".join(path.absolute().relative_to(common).parts)
-            unique, number = name, 1
-            while unique in taken:
-                number += 1
-                unique = f"{name}-{number}"
-            taken.add(unique)
-            names[path] = (unique, unique)
-        _ui.warn(f"{len(clashing)} images share a file stem with another input (e.g. {clashing[0]}): their outputs are "
-                 f"named by their path and suffix, e.g. {names[clashing[0]][0]}.json")
+    unique = unique_names([(path.name, path) for path in paths], clash=lambda name: Path(name).stem)
+    stems = Counter(path.stem for path in paths)  # a shared stem is named by its file name (x.png, x.jpg) at least
+    names = {path: (path.stem, name) if stems[path.stem] == 1 else (name, name) for path, name in zip(paths, unique, strict=True)}
+    renamed = [path for path in paths if stems[path.stem] > 1]
+    if renamed:
+        _ui.warn(f"{len(renamed)} images share a file stem with another input (e.g. {renamed[0]}): their outputs are "
+                 f"named by their path and suffix, e.g. {names[renamed[0]][0]}.json")
     return names
-

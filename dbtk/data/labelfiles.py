@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sized
+from collections.abc import Callable, Sequence, Sized
 from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
@@ -121,29 +121,37 @@ def duplicate(seen: set[Path], image: Path, where: str, line: int | None, proble
 
 
 def distinct_names(records: list[Record]) -> None:
-    """Make the records' names distinct: each keeps its file name unless another image of the split has the same
-    one (``sub1/x.jpg``, ``sub2/x.jpg``: splits and shards kept as folders); those are named by their path below
-    the folder they share, folders joined by ``_`` (``sub1_x.jpg``, ``sub2_x.jpg``), numbered in the rare case
-    that name is taken too.
+    """Make the records' names distinct (:func:`unique_names`).
 
     A name keys everything downstream: the written copy's image and label files (convert, clean-data), the
     prediction files ``dbtk eval --pred`` looks for, the sample cache and every report; two images sharing one
     would overwrite each other's copy and labels. Names stay plain file names, so each of those stays one file in
     one folder."""
+    for record, name in zip(records, unique_names([(r.name, r.image_path) for r in records]), strict=True):
+        record.name = name
+
+
+def unique_names(items: Sequence[tuple[str, Path]], clash: Callable[[str], str] = str) -> list[str]:
+    """Each item's name, distinct: a name is kept unless ``clash(name)`` is shared with another item
+    (``sub1/x.jpg``, ``sub2/x.jpg``: splits and shards kept as folders; for outputs named by stem, ``x.png`` beside
+    ``x.jpg``); those are named by their path below the folder they share, folders joined by ``_``
+    (``sub1_x.jpg``, ``sub2_x.jpg``), numbered in the rare case that name is taken too."""
     from collections import Counter
 
-    counts = Counter(record.name for record in records)
-    taken = {record.name for record in records if counts[record.name] == 1}
-    clashing = [record for record in records if counts[record.name] > 1]
+    counts = Counter(clash(name) for name, _ in items)
+    names = [name for name, _ in items]
+    taken = {name for name in names if counts[clash(name)] == 1}
+    clashing = [index for index, name in enumerate(names) if counts[clash(name)] > 1]
     if not clashing:
-        return
-    common = Path(os.path.commonpath([record.image_path.absolute().parent for record in clashing]))
-    for record in clashing:
-        parts = record.image_path.absolute().relative_to(common).parts
-        name = "_".join(parts[:-1] + (record.name,))
+        return names
+    common = Path(os.path.commonpath([items[index][1].absolute().parent for index in clashing]))
+    for index in clashing:
+        name, path = items[index]
+        name = "_".join(path.absolute().relative_to(common).parts[:-1] + (name,))
         stem, suffix, number = Path(name).stem, Path(name).suffix, 1
         while name in taken:
             number += 1
             name = f"{stem}-{number}{suffix}"
         taken.add(name)
-        record.name = name
+        names[index] = name
+    return names
