@@ -24,6 +24,8 @@ from dbtk import __version__
 from dbtk.errors import DbtkError, Interrupted
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from dbtk.data.reader import Reader
 
 #: Command name -> "module:attribute". One module per command; nothing here is imported until needed.
@@ -132,17 +134,19 @@ def require_apart(outputs: dict[str, str | None], inputs: dict[str, str | None])
     image folder, ``--out`` inside SRC): commands that read a dataset never change it."""
     from pathlib import Path
 
-    def inside(a: Path, b: Path) -> bool:
-        return a == b or b in a.parents
-
     for out_name, out in outputs.items():
         for in_name, source in inputs.items():
             if out is None or source is None:
                 continue
             target, origin = Path(out).resolve(), Path(source).resolve()
-            if inside(target, origin) or inside(origin, target):
+            if _inside(target, origin) or _inside(origin, target):
                 raise DbtkError(f"{out_name} {target} overlaps {in_name} {origin}: dbtk never modifies its input",
                                 hint=f"choose a {out_name} outside {origin}")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether resolved ``path`` is ``folder`` or lies below it."""
+    return path == folder or folder in path.parents
 
 
 def require_report_outside(report: str | None, out: str | None) -> None:
@@ -153,7 +157,7 @@ def require_report_outside(report: str | None, out: str | None) -> None:
     if report is None or out is None:
         return
     target, folder = Path(report).resolve(), Path(out).resolve()
-    if target == folder or folder in target.parents:
+    if _inside(target, folder):
         raise DbtkError(f"--report {target} lies inside --out {folder}: the copy holds the dataset and nothing else",
                         hint=f"write the report outside {folder}, e.g. --report {folder.parent / (folder.name + '-report.json')}")
 
