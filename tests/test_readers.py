@@ -151,3 +151,22 @@ def test_training_with_validation_works_with_every_reader(name: str, tmp_path: P
     trainer.run()
     validations = [h for h in trainer.state.history if "val/hmean" in h]
     assert trainer.state.position.step == 2 and validations and validations[-1]["val/images"] == len(trainer.val_reader)
+
+
+def test_identity_follows_an_edited_image_after_the_first_call(tmp_path: Path) -> None:
+    """The identity (the cache key) keeps a record's label hash between calls but looks at the file every time."""
+    import os
+
+    from dbtk.data.formats import open_split
+
+    _, split = icdar_split(tmp_path)
+    reader = open_split(split.images)
+    first, other = reader.identity(0), reader.identity(1)
+    assert reader.identity(0) == first and first != other
+    image = reader.records[0].image_path
+    image.write_bytes(image.read_bytes() + b"\0")  # another size
+    assert reader.identity(0) != first
+    edited = reader.identity(0)
+    stat = image.stat()
+    os.utime(image, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the same size, touched
+    assert reader.identity(0) != edited

@@ -53,7 +53,7 @@ class Repaired:
 def signed_area(points: np.ndarray) -> float:
     """Shoelace area; positive for clockwise order in image coordinates (y pointing down)."""
     x, y = points[:, 0].astype(np.float64), points[:, 1].astype(np.float64)
-    return 0.5 * float(np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y))
+    return 0.5 * float(np.dot(x[:-1], y[1:]) - np.dot(x[1:], y[:-1]) + x[-1] * y[0] - x[0] * y[-1])
 
 
 def short_side(points: np.ndarray) -> float:

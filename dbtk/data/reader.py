@@ -108,6 +108,7 @@ class FileReader:
     records: list[Record] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     exif: str = "stored"
+    _fixed_identity: dict[int, tuple[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -126,16 +127,24 @@ class FileReader:
         return self.records[index].image_path
 
     def identity(self, index: int) -> str:
-        import hashlib
-        import json
+        """The image file (resolved path, size, modification time) and a hash of its labels: the cache key.
 
+        The file is looked at on every call (an edited image is a new key); the path resolution and the labels'
+        hash, fixed for this reader's records, are computed once per record — they were most of a warm cache hit.
+        """
         record = self.records[index]
         stat = record.image_path.stat()
-        labels = hashlib.sha256(
-            json.dumps([[a.points.tolist(), a.ignore] for a in record.annotations]).encode()
-        ).hexdigest()
-        unreadable = f"|unreadable={record.unreadable}" if record.unreadable else ""  # the same key as before for the rest
-        return f"{record.image_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{labels}{unreadable}"
+        fixed = self._fixed_identity.get(index)
+        if fixed is None:
+            import hashlib
+            import json
+
+            labels = hashlib.sha256(
+                json.dumps([[a.points.tolist(), a.ignore] for a in record.annotations]).encode()
+            ).hexdigest()
+            unreadable = f"|unreadable={record.unreadable}" if record.unreadable else ""  # the same key as before for the rest
+            fixed = self._fixed_identity[index] = (str(record.image_path.resolve()), f"{labels}{unreadable}")
+        return f"{fixed[0]}|{stat.st_size}|{stat.st_mtime_ns}|{fixed[1]}"
 
 
 def read_labels(parse: Callable[[Path, list[Problem]], list[Annotation]], path: Path, problems: list[Problem]) -> tuple[list[Annotation], int]:
