@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbtk.data")
 
 #: Bump when the cached content, its meaning or its file format changes: old entries then never match.
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: DB targets by edge-line distances + corner wedges, pixel centres inside by the even-odd rule
 #: Cache entries start with these bytes (a file of another format, or a damaged one, is a miss).
 CACHE_MAGIC = b"DBTKRAW\x01"
 CACHE_SUFFIX = ".raw"

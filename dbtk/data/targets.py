@@ -4,38 +4,58 @@ Follows the DBNet paper: each text polygon is shrunk by ``D = A(1 − r²)/L`` (
 ratio) for the probability map and dilated by D for the threshold map, whose value is
 ``1 − dist(pixel, polygon edges)/D`` clipped to [0, 1], rescaled to [thresh_min, thresh_max].
 
-Speed and exactness: one exact point-to-edge distance field per polygon, over its box grown by D, gives all
-three geometric sets at once — the shrunk kernel (inside and ≥ D from the edges: what a round-join offset by −D
-produces), the dilated region (inside or < D away: the round-join offset by +D) and the threshold values — so
-no polygon offsetting (pyclipper) and no per-pixel Python is needed. The field is built by broadcasting a row
-of x and a column of y against per-edge constants, in cache-sized buffers.
+Exactness: one exact signed distance field per polygon (negative inside), over its box grown by D, gives all three
+geometric sets at once — the shrunk kernel (inside and ≥ D from the edges: what a round-join offset by −D
+produces), the dilated region (< D from the polygon: the round-join offset by +D) and the threshold values — so no
+polygon offsetting (pyclipper) and no per-pixel Python is needed.
 
-Any number of points: a curved line's polygon (2 × N points along its edges, as Total-Text, CTW1500 and the
-synthetic reader's ``curved`` lines have) gets a kernel and a border band that follow the curve, because both come
-from distances to its edges (tests/test_curved.py).
+Speed: almost every label is a convex polygon (a line's box stays a convex quadrilateral under the augmentation's
+affine map), and for a convex polygon the field is cheap. Inside, the distance to the outline is the distance to
+the nearest edge's line; outside it is the largest of the edges' signed line distances too, except in the wedge
+beyond each corner, where it is the distance to the corner. So the field is, per edge, a row plus a column
+broadcast against each other and the largest kept, then corrected in the corner wedges — which are found for all
+the polygons of an image in a few array operations, and only out to where the line distances already put a pixel
+beyond the dilated region. Other polygons (curved lines with 2 × N points, concave or very sharp shapes) take the
+general field: the exact point-to-segment distance to every edge, with the pixel centres inside found by counting
+edge crossings. tests/test_targets_reference.py holds both to a plain reference.
 
-Coordinates follow the OpenCV / DBNet convention: pixel (i, j) has its centre at (x=j, y=i).
+Coordinates follow the OpenCV / DBNet convention: pixel (i, j) has its centre at (x=j, y=i); a pixel is inside when
+its centre is.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+import functools
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 #: Pixel-centre conventions matching cv2.fillPoly on the offset polygon (what DBNet implementations draw):
 #: a pixel belongs to a filled outline when its centre lies within half a pixel of it.
 PIXEL_HALF = 0.5
+#: A corner whose neighbouring edge normals are more than ~139° apart (cos of half that angle below this) has a
+#: corner wedge too wide to correct cheaply; its polygon takes the general field.
+MIN_CORNER_COS = 0.35
 
 
 def shrink_distance(points: np.ndarray, ratio: float) -> float:
-    """DB's offset D = A(1 − r²)/L."""
-    import cv2
+    """DB's offset D = A(1 − r²)/L of one polygon."""
+    return float(shrink_distances(np.asarray(points, dtype=np.float64)[None], ratio)[0])
 
-    contour = points.astype(np.float32)
-    perimeter = cv2.arcLength(contour, True)
-    return cv2.contourArea(contour) * (1.0 - ratio**2) / perimeter if perimeter > 0 else 0.0
+
+def shrink_distances(points: np.ndarray, ratio: float) -> np.ndarray:
+    """D = A(1 − r²)/L for a stack of polygons with equal point counts, shape (P, n, 2); 0 where L is 0."""
+    edges = np.roll(points, -1, axis=1) - points
+    perimeter = np.hypot(edges[..., 0], edges[..., 1]).sum(axis=1)
+    area = np.abs(_twice_area(points)) / 2
+    return area * (1.0 - ratio**2) / np.where(perimeter > 0, perimeter, np.inf)
+
+
+def _twice_area(points: np.ndarray) -> np.ndarray:
+    """Signed shoelace sum over the last two axes of (..., n, 2): positive when the points turn counter-clockwise
+    with y pointing up."""
+    x, y = points[..., 0], points[..., 1]
+    return (x * np.roll(y, -1, axis=-1) - np.roll(x, -1, axis=-1) * y).sum(axis=-1)
 
 
 def make_targets(
@@ -55,38 +75,213 @@ def make_targets(
     thresh_mask = np.zeros((height, width), dtype=np.float32)
     border = np.zeros((height, width), dtype=np.float32)
 
-    for points, is_ignored in zip(polygons, ignore, strict=True):
-        points = np.asarray(points, dtype=np.float64)
-        distance = 0.0 if is_ignored else shrink_distance(points, shrink_ratio)
-        if distance <= 0:
+    shapes = [np.asarray(points, dtype=np.float64) for points in polygons]
+    distances = np.zeros(len(shapes))
+    for members in _by_point_count(shapes).values():
+        distances[members] = shrink_distances(np.stack([shapes[i] for i in members]), shrink_ratio)
+    text = []
+    for index, (points, is_ignored) in enumerate(zip(shapes, ignore, strict=True)):
+        if is_ignored or not distances[index] > 0:
             cv2.fillPoly(shrink_mask, [np.round(points).astype(np.int32)], 0.0)
-            continue
-        # Everything within D of the polygon lies in its box grown by D.
-        (low_x, low_y), (high_x, high_y) = points.min(axis=0).tolist(), points.max(axis=0).tolist()
-        x0, y0 = max(math.floor(low_x - distance), 0), max(math.floor(low_y - distance), 0)
-        x1, y1 = min(math.ceil(high_x + distance), width - 1), min(math.ceil(high_y + distance), height - 1)
-        if x1 < x0 or y1 < y0:
-            continue
-        nearest = edge_distance(points, x0, y0, x1, y1)
-        inside = np.zeros(nearest.shape, dtype=np.uint8)
-        cv2.fillPoly(inside, [np.round(points - (x0, y0)).astype(np.int32)], 1)
-        inside = inside.view(bool)
-        window = (slice(y0, y1 + 1), slice(x0, x1 + 1))
+        else:
+            text.append(index)
 
-        # Shrinking by D (round joins) keeps the inside points at least D from the edges; dilating by D adds
-        # the points within D. Both follow from the distance field, without polygon offsetting.
-        kernel = inside & (nearest >= distance - PIXEL_HALF)
-        if not kernel.any():
-            _draw_centre_line(shrink_map, points)
-        shrink_map[window][kernel] = 1.0
-        thresh_mask[window][inside | (nearest < distance + PIXEL_HALF)] = 1.0
-        nearest *= np.float32(-1.0 / distance)
-        nearest += np.float32(1.0)
-        np.maximum(border[window], nearest, out=border[window])
+    # Per polygon, in units of D and as the float32 comparisons below make them: the kernel is field ≤ its limit
+    # (inside and at least D − ½ from the edges), the dilated region field < D + ½, i.e. ≤ the float32 below it.
+    scale = np.maximum(distances, 1e-12)
+    kernel_limits = (np.minimum(PIXEL_HALF - distances, 0.0) / scale).astype(np.float32).tolist()
+    band_limits = np.nextafter(((distances + PIXEL_HALF) / scale).astype(np.float32), np.float32(-np.inf)).tolist()
+    for index, x0, y0, field in _fields(shapes, distances, text, height, width):
+        # ``field`` is the signed distance in units of D; the threshold value is 1 − d/D. OpenCV's threshold and
+        # max take a few times less call overhead than numpy's on these small windows (the maps are views).
+        window = (slice(y0, y0 + field.shape[0]), slice(x0, x0 + field.shape[1]))
+        if cv2.minMaxLoc(field)[0] <= kernel_limits[index]:
+            target = shrink_map[window]
+            cv2.max(target, cv2.threshold(field, kernel_limits[index], 1.0, cv2.THRESH_BINARY_INV)[1], dst=target)
+        else:
+            _draw_centre_line(shrink_map, shapes[index])
+        target = thresh_mask[window]
+        cv2.max(target, cv2.threshold(field, band_limits[index], 1.0, cv2.THRESH_BINARY_INV)[1], dst=target)
+        np.abs(field, out=field)
+        np.subtract(np.float32(1.0), field, out=field)
+        target = border[window]
+        cv2.max(target, field, dst=target)
 
     border *= np.float32(thresh_max - thresh_min)
     border += np.float32(thresh_min)
     return {"shrink_map": shrink_map, "shrink_mask": shrink_mask, "thresh_map": border, "thresh_mask": thresh_mask}
+
+
+def _by_point_count(shapes: Sequence[np.ndarray]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for index, points in enumerate(shapes):
+        groups.setdefault(len(points), []).append(index)
+    return groups
+
+
+def _fields(
+    shapes: Sequence[np.ndarray], distances: np.ndarray, text: list[int], height: int, width: int
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(index, x0, y0, field) for each text polygon whose box grown by D meets the image: its signed distance field
+    divided by D, float32, over that box clipped to the image, with (x0, y0) the box's top-left pixel."""
+    groups = _by_point_count([shapes[i] for i in text])
+    for members in groups.values():
+        indices = [text[i] for i in members]
+        points = np.stack([shapes[i] for i in indices])
+        group_distances = distances[indices]
+        low = np.floor(points.min(axis=1) - group_distances[:, None]).astype(np.int64)
+        high = np.ceil(points.max(axis=1) + group_distances[:, None]).astype(np.int64)
+        np.maximum(low, 0, out=low)
+        np.minimum(high, (width - 1, height - 1), out=high)
+        shown = (high >= low).all(axis=1)
+        convex = shown & _cheap_convex(points)
+        if convex.any():
+            chosen = np.flatnonzero(convex)
+            owners = [indices[row] for row in chosen.tolist()]
+            for row, x0, y0, field in _convex_fields(points[chosen], group_distances[chosen], low[chosen], high[chosen]):
+                yield owners[row], x0, y0, field
+        for row in np.flatnonzero(shown & ~convex).tolist():
+            (x0, y0), (x1, y1) = low[row].tolist(), high[row].tolist()
+            yield indices[row], x0, y0, _general_field(points[row], group_distances[row], x0, y0, x1, y1)
+
+
+def _cheap_convex(points: np.ndarray) -> np.ndarray:
+    """Which polygons of a (P, n, 2) stack are convex, simple, without zero-length edges and without corners
+    sharper than :data:`MIN_CORNER_COS` allows: those :func:`_convex_fields` handles."""
+    edges = np.roll(points, -1, axis=1) - points
+    lengths = np.hypot(edges[..., 0], edges[..., 1])
+    following = np.roll(edges, -1, axis=1)
+    cross = edges[..., 0] * following[..., 1] - edges[..., 1] * following[..., 0]
+    dot = (edges * following).sum(axis=-1)
+    turn = np.arctan2(cross, dot)  # signed turn at each corner
+    one_way = (cross >= 0).all(axis=1) | (cross <= 0).all(axis=1)
+    once_around = np.abs(np.abs(turn.sum(axis=1)) - 2 * np.pi) < 1e-6  # not a star
+    cos_half = np.cos(np.abs(turn) / 2)  # the angle between neighbouring outward normals is the turn
+    return (lengths > 1e-6).all(axis=1) & one_way & once_around & (cos_half >= MIN_CORNER_COS).all(axis=1)
+
+
+def _convex_fields(
+    points: np.ndarray, distances: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> Iterator[tuple[int, int, int, np.ndarray]]:
+    """(row, x0, y0, field) for a (P, n, 2) stack of convex polygons; see the module docstring.
+
+    Per polygon the field is the largest of its edges' signed line distances: a row plus a column per edge, both
+    computed for the whole stack at once, so a polygon costs a broadcast sum and a maximum. The corner wedges'
+    exact values for the whole stack come from :func:`_corner_wedges` and are written over them.
+    """
+    count = points.shape[1]
+    edges = points[:, _successor(count)] - points
+    # Outward unit normals; divided by D for the field, which then comes out in units of D without another pass.
+    normals = np.stack([edges[..., 1], -edges[..., 0]], axis=-1)
+    normals *= (np.sign(_twice_area(points))[:, None] / np.hypot(edges[..., 0], edges[..., 1]))[..., None]
+    scaled = normals / distances[:, None, None]
+    offsets = -(scaled * points).sum(axis=-1)  # s_j(p)/D = n_j/D · p + offset_j
+    xs = np.arange(int(high[:, 0].max()) + 1, dtype=np.float64)
+    ys = np.arange(int(high[:, 1].max()) + 1, dtype=np.float64)
+    rows = (scaled[:, :, 0, None] * xs + offsets[:, :, None]).astype(np.float32)  # (P, n, W)
+    columns = (scaled[:, :, 1, None] * ys).astype(np.float32)[:, :, :, None]  # (P, n, H, 1)
+    flat, values, bounds = _corner_wedges(points, edges, normals, distances, low, high)
+    for row, ((x0, y0), (x1, y1)) in enumerate(zip(low.tolist(), high.tolist(), strict=True)):
+        field = (columns[row, :, y0 : y1 + 1] + rows[row, :, None, x0 : x1 + 1]).max(axis=0)
+        first, last = bounds[row], bounds[row + 1]
+        if last > first:
+            field.reshape(-1)[flat[first:last]] = values[first:last]
+        yield row, x0, y0, field
+
+
+@functools.cache
+def _successor(count: int) -> np.ndarray:
+    """Index of each point's successor around a polygon of ``count`` points."""
+    return np.roll(np.arange(count), -1)
+
+
+@functools.cache
+def _predecessor(count: int) -> np.ndarray:
+    return np.roll(np.arange(count), 1)
+
+def _corner_wedges(
+    points: np.ndarray, edges: np.ndarray, normals: np.ndarray, distances: np.ndarray, low: np.ndarray, high: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """Flat indices into the polygons' fields and the exact distances (units of D) of the pixels in the wedges
+    beyond their corners, where the distance is to the corner rather than to an edge's line; polygon i's entries
+    are ``flat[bounds[i]:bounds[i + 1]]``.
+
+    In the wedge of a corner the edge-line distances that matter are those of its two edges, a and b, and the
+    pixels whose maps the correction changes are those with max(a, b) < r = D + ½ (beyond, both values leave the
+    pixel outside the dilated region): the kite from the corner to r along each outward normal and to their miter
+    point r·(n₁ + n₂)/(1 + cos θ). Each corner is searched in its kite's bounding box, the corners of like size
+    together in one dense (corners, rows, columns) block.
+    """
+    previous = _predecessor(points.shape[1])
+    incoming, before, after = edges[:, previous], normals[:, previous], normals  # corner j: edges j − 1 and j
+    cos_turn = np.clip((before * after).sum(axis=-1), -0.99, 1.0)  # sharper corners never get here
+    reach = (distances + PIXEL_HALF)[:, None, None, None]
+    kite = np.stack([np.zeros_like(before), before, after, (before + after) / (1.0 + cos_turn)[..., None]], axis=-2)
+    kite *= reach
+    start = np.ceil(points + kite.min(axis=-2) - PIXEL_HALF).astype(np.int64)  # (P, n, 2): first column, row
+    count = np.floor(points + kite.max(axis=-2) + PIXEL_HALF).astype(np.int64) - start + 1
+    polygon, corner = np.nonzero((count > 0).all(axis=-1))
+    if not len(polygon):
+        return np.zeros(0, np.int64), np.zeros(0, np.float32), [0] * (len(points) + 1)
+    # Body-text corners share one block; a corner more than three times the median size (a heading's) gets a block of
+    # its own size class, so one large line does not make every corner's block large.
+    size = count[polygon, corner].max(axis=1)
+    size_class = np.where(size > 3 * np.median(size), np.ceil(np.log2(size)), 0)
+    found = [
+        _wedge_pixels(points, incoming, edges, distances, low, high, start, count, polygon[chosen], corner[chosen])
+        for chosen in (size_class == value for value in np.unique(size_class).tolist())
+    ]
+    owner, flat, value = (np.concatenate(parts) for parts in zip(*found, strict=True))
+    if len(found) > 1:
+        order = np.argsort(owner, kind="stable")
+        owner, flat, value = owner[order], flat[order], value[order]
+    return flat, value, np.searchsorted(owner, np.arange(len(points) + 1)).tolist()
+
+
+def _wedge_pixels(
+    points: np.ndarray, incoming: np.ndarray, edges: np.ndarray, distances: np.ndarray, low: np.ndarray,
+    high: np.ndarray, start: np.ndarray, count: np.ndarray, polygon: np.ndarray, corner: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(owner polygon, flat index into its field, distance in units of D) of the wedge pixels of the given corners
+    (sorted by polygon), in float32 and small integers: each test compares a row term with a column term, one pass."""
+    span = count[polygon, corner].max(axis=0)
+    px = start[polygon, corner, 0, None] + np.arange(span[0])  # (V, w) pixel columns
+    py = start[polygon, corner, 1, None] + np.arange(span[1])  # (V, h) pixel rows
+    vertex = points[polygon, corner]
+    ux, uy = (px - vertex[:, 0, None]).astype(np.float32), (py - vertex[:, 1, None]).astype(np.float32)
+    edge_in, edge_out = incoming[polygon, corner].astype(np.float32), edges[polygon, corner].astype(np.float32)
+    # Past the incoming edge's end: u·e_in ≥ 0; before the outgoing edge starts: u·e_out ≤ 0.
+    wedge = np.greater_equal((ux * edge_in[:, :1])[:, None, :], (-uy * edge_in[:, 1:])[:, :, None])
+    wedge &= np.less_equal((ux * edge_out[:, :1])[:, None, :], (-uy * edge_out[:, 1:])[:, :, None])
+    x0, y0 = low[polygon, 0, None], low[polygon, 1, None]
+    wedge &= ((px >= x0) & (px <= high[polygon, 0, None]))[:, None, :]
+    wedge &= ((py >= y0) & (py <= high[polygon, 1, None]))[:, :, None]
+    width = (high[polygon, 0] - low[polygon, 0] + 1)[:, None]
+    flat = (((py - y0) * width)[:, :, None] + (px - x0)[:, None, :])[wedge]
+    squared = ((ux * ux)[:, None, :] + (uy * uy)[:, :, None])[wedge]
+    owner = np.repeat(polygon, wedge.sum(axis=(1, 2)))
+    return owner, flat, np.sqrt(squared) / distances[owner].astype(np.float32)
+
+
+def _general_field(points: np.ndarray, distance: float, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Any polygon: exact distance to its nearest edge, negated where the pixel centre is inside, divided by D."""
+    field = edge_distance(points, x0, y0, x1, y1)
+    np.negative(field, out=field, where=_inside(points, x0, y0, x1, y1))
+    field *= np.float32(1.0 / distance)
+    return field
+
+
+def _inside(points: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Which pixel centres of the patch lie inside the polygon: an odd number of edges cross the ray to their left
+    (the even-odd rule; edges meeting a row at their upper end count, at their lower end not)."""
+    a, b = points, np.roll(points, -1, axis=0)
+    ys = np.arange(y0, y1 + 1, dtype=np.float64)
+    straddles = (a[:, 1, None] > ys) != (b[:, 1, None] > ys)  # (E, H)
+    rise = np.where(straddles, b[:, 1, None] - a[:, 1, None], 1.0)
+    crossing_x = a[:, 0, None] + (ys - a[:, 1, None]) * (b[:, 0, None] - a[:, 0, None]) / rise  # (E, H)
+    xs = np.arange(x0, x1 + 1, dtype=np.float64)
+    crosses = straddles[:, :, None] & (xs < crossing_x[:, :, None])  # (E, H, W)
+    return np.logical_xor.reduce(crosses, axis=0)
 
 
 def _draw_centre_line(shrink_map: np.ndarray, points: np.ndarray) -> None:
