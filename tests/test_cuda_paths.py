@@ -9,6 +9,7 @@ import attrs
 import pytest
 import torch
 
+from dbtk import recipe as recipes
 from dbtk.engine import state as state_module
 from dbtk.engine.trainer import Trainer
 from dbtk.errors import DbtkError
@@ -87,3 +88,25 @@ def test_batches_reach_the_device_with_their_counters_untouched() -> None:
     moved = list(on_device(iter(batches), torch.device("cpu")))
     assert [b["skipped"] for b in moved] == [Counter({"nan": i}) for i in range(3)]
     assert all(torch.equal(m["images"], b["images"]) and m["images"].device.type == "cpu" for m, b in zip(moved, batches, strict=True))
+
+
+def test_masks_travel_as_uint8_and_reach_the_loss_as_float32(tmp_path: Path) -> None:
+    """The loader's masks are uint8 (a quarter of the bytes to pin and copy); a loss still gets float32 maps."""
+    from dbtk.data.dataset import MASK_KEYS, DetectionDataset, collate
+    from dbtk.data.synthetic import SyntheticText
+
+    recipe = tiny(**{"train.max_steps": 1, "train.checkpoint_every": 0})
+    dataset = DetectionDataset(SyntheticText(recipes.Split("train"), count=2, width=64, height=64), recipe.data, train=True, seed=0)
+    batch = collate([dataset[0], dataset[1]])
+    assert all(batch[key].dtype == torch.uint8 for key in MASK_KEYS) and batch["thresh_map"].dtype == torch.float32
+    trainer = Trainer(recipe, tmp_path / "run")
+    seen = []
+    loss = trainer.loss_fn
+
+    def recording(outputs: dict, targets: dict) -> dict:
+        seen.append({key: targets[key].dtype for key in (*MASK_KEYS, "thresh_map")})
+        return loss(outputs, targets)
+
+    trainer.loss_fn = recording
+    trainer.run()
+    assert seen and all(dtype == torch.float32 for step in seen for dtype in step.values())

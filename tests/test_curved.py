@@ -91,7 +91,7 @@ def test_polygon_mode_returns_curved_polygons_scored_inside_their_contour(score_
     import cv2
 
     lines = [band(40, 52, 0.4, 2.7), band(14, 26, 0.3, 2.8, centre=(64, 60))]
-    prob = cv2.GaussianBlur(make_targets(lines, [False, False], 128, 128)["shrink_map"], (3, 3), 0)
+    prob = cv2.GaussianBlur(make_targets(lines, [False, False], 128, 128)["shrink_map"].astype(np.float32), (3, 3), 0)
     config = recipes.Postprocess(polygon=True, score_mode=score_mode, box_thresh=0.6)
     found = boxes_from_map(prob, config, (1.0, 1.0), (128, 128))
     assert len(found) == 2 and all(len(p) > 4 for p in found.polygons)
@@ -111,7 +111,7 @@ def test_polygon_run_on_synthetic_curved_text_scores_like_perfect_maps() -> None
     for i in range(16):
         sample = curved.load(i)
         points = [a.points for a in sample.annotations]
-        prob = cv2.GaussianBlur(make_targets(points, [False] * len(points), 128, 128)["shrink_map"], (3, 3), 0)
+        prob = cv2.GaussianBlur(make_targets(points, [False] * len(points), 128, 128)["shrink_map"].astype(np.float32), (3, 3), 0)
         for polygon in results:
             found = boxes_from_map(prob, recipes.Postprocess(polygon=polygon, box_thresh=0.5), (1.0, 1.0), (128, 128))
             results[polygon].append(evaluate_image(points, [False] * len(points), found.polygons))

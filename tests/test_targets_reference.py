@@ -28,16 +28,16 @@ def reference_targets(
     polygons: list[np.ndarray], ignore: list[bool], height: int, width: int, ratio: float, low: float, high: float
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """The four maps, and the pixels where a mask is too close to call."""
-    shrink_map = np.zeros((height, width), np.float32)
-    shrink_mask = np.ones((height, width), np.float32)
-    thresh_mask = np.zeros((height, width), np.float32)
+    shrink_map = np.zeros((height, width), np.uint8)
+    shrink_mask = np.ones((height, width), np.uint8)
+    thresh_mask = np.zeros((height, width), np.uint8)
     border = np.zeros((height, width), np.float64)
     unsure = np.zeros((height, width), bool)
     for points, is_ignored in zip(polygons, ignore, strict=True):
         points = np.asarray(points, np.float64)
         distance = 0.0 if is_ignored else shrink_distance(points, ratio)
         if distance <= 0:
-            cv2.fillPoly(shrink_mask, [np.round(points).astype(np.int32)], 0.0)
+            cv2.fillPoly(shrink_mask, [np.round(points).astype(np.int32)], 0)
             continue
         x0 = max(math.floor(points[:, 0].min() - distance), 0)
         y0 = max(math.floor(points[:, 1].min() - distance), 0)
@@ -55,10 +55,10 @@ def reference_targets(
             unsure[window] |= kernel
             unsure |= _centre_line(shrink_map.shape, points) > 0
         if kernel.any():
-            shrink_map[window][kernel] = 1.0
+            shrink_map[window][kernel] = 1
         else:  # the centre line of a line too thin for a kernel
             shrink_map = np.maximum(shrink_map, _centre_line(shrink_map.shape, points))
-        thresh_mask[window][inside | (nearest < distance + 0.5)] = 1.0
+        thresh_mask[window][inside | (nearest < distance + 0.5)] = 1
         border[window] = np.maximum(border[window], 1.0 - nearest / distance)
     thresh_map = (border * (high - low) + low).astype(np.float32)
     maps = {"shrink_map": shrink_map, "shrink_mask": shrink_mask, "thresh_map": thresh_map, "thresh_mask": thresh_mask}
@@ -80,19 +80,19 @@ def _distance_and_inside(points: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> 
 
 
 def _centre_line(shape: tuple[int, int], points: np.ndarray) -> np.ndarray:
-    canvas = np.zeros(shape, np.float32)
+    canvas = np.zeros(shape, np.uint8)
     (cx, cy), (w, h), angle = cv2.minAreaRect(points.astype(np.float32))
     half = max(w, h) / 2 - min(w, h) / 2
     theta = np.deg2rad(angle if w >= h else angle + 90)
     dx, dy = half * np.cos(theta), half * np.sin(theta)
     start, end = (int(round(cx - dx)), int(round(cy - dy))), (int(round(cx + dx)), int(round(cy + dy)))
-    cv2.line(canvas, start, end, 1.0, thickness=1)
+    cv2.line(canvas, start, end, 1, thickness=1)
     return canvas
 
 
 def assert_same_maps(got: dict[str, np.ndarray], want: dict[str, np.ndarray], unsure: np.ndarray) -> None:
-    for key, expected in want.items():
-        assert got[key].dtype == np.float32 and got[key].shape == expected.shape, key
+    for key, expected in want.items():  # the masks uint8 0/1, the threshold map float32
+        assert got[key].dtype == (np.float32 if key == "thresh_map" else np.uint8) and got[key].shape == expected.shape, key
     for key in ("shrink_map", "thresh_mask"):
         wrong = (got[key] != want[key]) & ~unsure
         assert not wrong.any(), f"{key}: {int(wrong.sum())} pixels differ, e.g. (y, x) = {np.argwhere(wrong)[:3].tolist()}"

@@ -67,12 +67,13 @@ def make_targets(
     thresh_min: float = 0.3,
     thresh_max: float = 0.7,
 ) -> dict[str, np.ndarray]:
-    """All four DB maps for one image; float32 arrays of shape (height, width)."""
+    """All four DB maps for one image, shape (height, width): ``thresh_map`` float32, the three masks uint8 0/1
+    (a quarter of the bytes to stack, pin and copy to the device; the trainer hands the loss float32)."""
     import cv2
 
-    shrink_map = np.zeros((height, width), dtype=np.float32)
-    shrink_mask = np.ones((height, width), dtype=np.float32)
-    thresh_mask = np.zeros((height, width), dtype=np.float32)
+    shrink_map = np.zeros((height, width), dtype=np.uint8)
+    shrink_mask = np.ones((height, width), dtype=np.uint8)
+    thresh_mask = np.zeros((height, width), dtype=np.uint8)
     border = np.zeros((height, width), dtype=np.float32)
 
     shapes = [np.asarray(points, dtype=np.float64) for points in polygons]
@@ -82,26 +83,25 @@ def make_targets(
     text = []
     for index, (points, is_ignored) in enumerate(zip(shapes, ignore, strict=True)):
         if is_ignored or not distances[index] > 0:
-            cv2.fillPoly(shrink_mask, [np.round(points).astype(np.int32)], 0.0)
+            cv2.fillPoly(shrink_mask, [np.round(points).astype(np.int32)], 0)
         else:
             text.append(index)
 
-    # Per polygon, in units of D and as the float32 comparisons below make them: the kernel is field ≤ its limit
-    # (inside and at least D − ½ from the edges), the dilated region field < D + ½, i.e. ≤ the float32 below it.
+    # Per polygon, in units of D: the kernel is field ≤ min(½ − D, 0)/D (inside and at least D − ½ from the
+    # edges), the dilated region field < (D + ½)/D, the threshold value 1 − |field|.
     scale = np.maximum(distances, 1e-12)
     kernel_limits = (np.minimum(PIXEL_HALF - distances, 0.0) / scale).astype(np.float32).tolist()
-    band_limits = np.nextafter(((distances + PIXEL_HALF) / scale).astype(np.float32), np.float32(-np.inf)).tolist()
+    band_limits = ((distances + PIXEL_HALF) / scale).astype(np.float32).tolist()
     for index, x0, y0, field in _fields(shapes, distances, text, height, width):
-        # ``field`` is the signed distance in units of D; the threshold value is 1 − d/D. OpenCV's threshold and
-        # max take a few times less call overhead than numpy's on these small windows (the maps are views).
+        # OpenCV's max takes a few times less call overhead than numpy's on these small windows (views).
         window = (slice(y0, y0 + field.shape[0]), slice(x0, x0 + field.shape[1]))
         if cv2.minMaxLoc(field)[0] <= kernel_limits[index]:
             target = shrink_map[window]
-            cv2.max(target, cv2.threshold(field, kernel_limits[index], 1.0, cv2.THRESH_BINARY_INV)[1], dst=target)
+            cv2.max(target, (field <= kernel_limits[index]).view(np.uint8), dst=target)
         else:
             _draw_centre_line(shrink_map, shapes[index])
         target = thresh_mask[window]
-        cv2.max(target, cv2.threshold(field, band_limits[index], 1.0, cv2.THRESH_BINARY_INV)[1], dst=target)
+        cv2.max(target, (field < band_limits[index]).view(np.uint8), dst=target)
         np.abs(field, out=field)
         np.subtract(np.float32(1.0), field, out=field)
         target = border[window]
@@ -294,7 +294,7 @@ def _draw_centre_line(shrink_map: np.ndarray, points: np.ndarray) -> None:
     dx, dy = half * np.cos(theta), half * np.sin(theta)
     start = (int(round(cx - dx)), int(round(cy - dy)))
     end = (int(round(cx + dx)), int(round(cy + dy)))
-    cv2.line(shrink_map, start, end, 1.0, thickness=1)
+    cv2.line(shrink_map, start, end, 1, thickness=1)
 
 
 def edge_distance(points: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:

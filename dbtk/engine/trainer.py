@@ -22,7 +22,6 @@ import math
 import signal
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
 from pathlib import Path
 
 import attrs
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from dbtk import recipe as recipes
+from dbtk.data.dataset import as_float
 from dbtk.engine import budget, distributed
 from dbtk.engine.distributed import World
 from dbtk.engine.state import TrainingState, rng_state, set_rng_state
@@ -474,7 +474,7 @@ class Trainer:
             self.model_forward = torch.compile(model)
             self._compiled = True
         forward = self.model_forward if self._compiled else model
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        batch = as_float({k: v.to(self.device, non_blocking=True) for k, v in batch.items()})
         batch["images"] = batch["images"].contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
             outputs = forward(batch["images"], return_all=True)
