@@ -3,10 +3,10 @@
 Usage: python benchmarks/loader.py [--data ../shared/data/docs-dev/train] [--samples 80] [--markdown]
 
 Single-threaded (one OpenCV thread, no DataLoader workers), as one loader worker runs. Every part is timed on
-the same samples in the same run: JPEG decode, label path (orientation + repair + keep/skip), reading the page
-from the warm cache instead, the affine warp, the labels after the transform (crop and size), colour jitter, DB
-targets, collate; then whole samples through ``DetectionDataset`` with the cache off and with the decoded-page
-cache warm.
+the same samples in the same run, the parts taking turns sample by sample: JPEG decode, label path (orientation +
+repair + keep/skip), reading the page from the warm cache instead, the affine warp, the labels after the transform
+(crop and size), colour jitter, DB targets, collate, and whole samples through ``DetectionDataset`` with the cache
+off and with the decoded-page cache warm.
 """
 
 from __future__ import annotations
@@ -35,16 +35,18 @@ GOAL_IMAGES_PER_SECOND = 400
 PASSES = 5
 
 
-def per_sample(fn: Callable[[int], object], count: int) -> float:
-    """Mean over the samples of each one's fastest of :data:`PASSES` runs, in milliseconds (timeit's rule, per
-    sample): other work on a shared machine only ever adds time, and comes in bursts longer than one sample."""
-    best = [float("inf")] * count
+def per_sample(parts: dict[str, Callable[[int], object]], count: int) -> dict[str, float]:
+    """Milliseconds per sample of each part: the mean over the samples of each one's fastest of :data:`PASSES`
+    runs (timeit's rule, per sample: other work on a shared machine only ever adds time). The parts take turns
+    sample by sample, so a slow spell of the machine falls on all of them alike rather than on one part's block."""
+    best = {name: [float("inf")] * count for name in parts}
     for _ in range(PASSES):
         for index in range(count):
-            start = time.perf_counter()
-            fn(index)
-            best[index] = min(best[index], time.perf_counter() - start)
-    return sum(best) / count * 1e3
+            for name, fn in parts.items():
+                start = time.perf_counter()
+                fn(index)
+                best[name][index] = min(best[name][index], time.perf_counter() - start)
+    return {name: sum(times) / count * 1e3 for name, times in best.items()}
 
 
 def main() -> None:
@@ -73,27 +75,26 @@ def main() -> None:
     samples = [dataset[i] for i in range(count)]
     paths = [reader.source(i) for i in range(count)]
 
-    parts = {
-        "JPEG decode (baseline)": per_sample(lambda i: read_image(paths[i]), count),
-        "label path (orient, repair, keep/skip)": per_sample(lambda i: prepare(pages[i], reader.exif), count),
-        "random affine + warp": per_sample(lambda i: warp(labels[i].image, random_affine(np.random.default_rng(i), labels[i].image.shape[1], labels[i].image.shape[0], labels[i].polygons, labels[i].ignore, config), size), count),
-        "labels after the transform": per_sample(lambda i: crop_labels(labels[i].polygons, labels[i].ignore, matrices[i], size, data.min_text_size), count),
-        "colour jitter": per_sample(lambda i: color_jitter(warped[i], np.random.default_rng(i), data.color_jitter), count),
-        "DB targets": per_sample(lambda i: make_targets(*kept[i], size, size, data.shrink_ratio, data.thresh_min, data.thresh_max), count),
-        "collate (per sample)": per_sample(lambda i: collate([samples[i]]), count),
-    }
-    whole_off = per_sample(lambda i: dataset[i], count)
     with tempfile.TemporaryDirectory() as folder:
         cached = DetectionDataset(reader, recipes.with_overrides(recipe, [f"data.cache={folder}"]).data, train=True, seed=0)
         for i in range(count):
             cached[i]  # fill the cache
-        whole_warm = per_sample(lambda i: cached[i], count)
-        read_warm = per_sample(lambda i: cached.page(i), count)
+        parts = per_sample({
+            "JPEG decode (baseline)": lambda i: read_image(paths[i]),
+            "label path (orient, repair, keep/skip)": lambda i: prepare(pages[i], reader.exif),
+            "page from the warm cache (instead of the two above)": lambda i: cached.page(i),
+            "random affine + warp": lambda i: warp(labels[i].image, random_affine(np.random.default_rng(i), labels[i].image.shape[1], labels[i].image.shape[0], labels[i].polygons, labels[i].ignore, config), size),
+            "labels after the transform": lambda i: crop_labels(labels[i].polygons, labels[i].ignore, matrices[i], size, data.min_text_size),
+            "colour jitter": lambda i: color_jitter(warped[i], np.random.default_rng(i), data.color_jitter),
+            "DB targets": lambda i: make_targets(*kept[i], size, size, data.shrink_ratio, data.thresh_min, data.thresh_max),
+            "collate (per sample)": lambda i: collate([samples[i]]),
+            "**one sample, cache off**": lambda i: dataset[i],
+            "**one sample, cache warm**": lambda i: cached[i],
+        }, count)
 
     decode = parts["JPEG decode (baseline)"]
     rows = [(name, ms, ms / decode) for name, ms in parts.items()]
-    rows.insert(2, ("page from the warm cache (instead of the two above)", read_warm, read_warm / decode))
-    rows += [("**one sample, cache off**", whole_off, whole_off / decode), ("**one sample, cache warm**", whole_warm, whole_warm / decode)]
+    whole_off, whole_warm = parts["**one sample, cache off**"], parts["**one sample, cache warm**"]
     per_worker = 1e3 / whole_off
     print(f"{count} docs-dev train pages, crop {size}, single-threaded; {per_worker:.0f} samples/s per worker (cache off), "
           f"{1e3 / whole_warm:.0f} (warm): {GOAL_IMAGES_PER_SECOND} img/s needs {GOAL_IMAGES_PER_SECOND / per_worker:.1f} workers "

@@ -167,3 +167,9 @@ def test_line_boxes_take_the_convex_path(monkeypatch: pytest.MonkeyPatch) -> Non
     make_targets(boxes, [False] * len(boxes), 256, 256)
     with pytest.raises(AssertionError, match="general field"):
         make_targets([_curve(rng, 256).astype(np.float32)], [False], 256, 256)
+
+
+def test_threshold_range_must_rise() -> None:
+    box = [np.array([[2, 2], [20, 2], [20, 9], [2, 9]], np.float32)]
+    with pytest.raises(ValueError, match="thresh_max"):
+        make_targets(box, [False], 16, 24, 0.4, 0.7, 0.7)

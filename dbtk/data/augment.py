@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.polygons import MAX_COORDINATE, MIN_AREA, repair, repair_all, short_side
+from dbtk.data.polygons import MAX_COORDINATE, MIN_AREA, repair, settle_stack, short_side
 
 if TYPE_CHECKING:
     from dbtk.recipe import Data
@@ -137,14 +137,16 @@ def crop_labels(
     low, high = np.minimum.reduceat(moved, starts), np.maximum.reduceat(moved, starts)
     shown = ((high > 0) & (low < size)).all(axis=1)
     within = ((low >= 0) & (high <= size)).all(axis=1)
-    inner = np.flatnonzero(shown & within).tolist()
-    pieces = [moved[starts[i] : starts[i] + lengths[i]] for i in inner]
-    found: dict[int, tuple[np.ndarray, bool] | None] = {
-        index: None if fixed.dropped else (fixed.points, fixed.ignore)
-        for index, fixed in zip(
-            inner, repair_all(pieces, size, size, ignore=[ignore[i] for i in inner], min_size=min_size), strict=True
-        )
-    }
+    found: dict[int, tuple[np.ndarray, bool] | None] = {}
+    inner = np.flatnonzero(shown & within)
+    for count in np.unique(lengths[inner]).tolist():
+        rows = inner[lengths[inner] == count]
+        stack = moved[starts[rows, None] + np.arange(count)]  # (m, count, 2): the group's points, one gather
+        settled = settle_stack(stack, size, size, [ignore[i] for i in rows.tolist()], min_size)
+        for at, (index, fixed) in enumerate(zip(rows.tolist(), settled, strict=True)):
+            if fixed is None:
+                fixed = repair(stack[at], size, size, ignore=ignore[index], min_size=min_size)
+            found[index] = None if fixed.dropped else (fixed.points, fixed.ignore)
     crossing = {i: moved[starts[i] : starts[i] + lengths[i]] for i in np.flatnonzero(shown & ~within).tolist()}
     found.update(_clip_to_crop(crossing, ignore, size, min_size))
     kept = [found[i] for i in sorted(found) if found[i] is not None]

@@ -66,8 +66,9 @@ def prepare(sample: RawSample, exif: str, *, min_size: float = 0.0) -> Labels:
     annotations = sample.annotations
     repaired = repair_all(sample.display_points(exif), width, height, ignore=[a.ignore for a in annotations], min_size=min_size)
     for index, (annotation, fixed) in enumerate(zip(annotations, repaired, strict=True)):
-        labels.findings.extend(Finding(reason, index, annotation.line) for reason in fixed.reasons)
-        if not fixed.dropped:
+        if fixed.reasons:
+            labels.findings.extend(Finding(reason, index, annotation.line) for reason in fixed.reasons)
+        if fixed.points is not None:
             labels.polygons.append(fixed.points)
             labels.ignore.append(fixed.ignore)
             labels.texts.append(annotation.text)

@@ -169,9 +169,9 @@ def repair_all(
     results: list[Repaired | None] = [None] * len(polygons)
     by_count: dict[int, list[int]] = {}
     for index, points in enumerate(polygons):
-        points = np.asarray(points)
-        if points.ndim == 2 and points.shape[1] == 2 and len(points) >= 3:
-            by_count.setdefault(len(points), []).append(index)
+        shape = np.shape(points)
+        if len(shape) == 2 and shape[1] == 2 and shape[0] >= 3:
+            by_count.setdefault(shape[0], []).append(index)
     for indices in by_count.values():
         _settle_simple(polygons, indices, width, height, ignore, min_size, results)
     return [
@@ -190,9 +190,20 @@ def _settle_simple(
     results: list[Repaired | None],
 ) -> None:
     """Fill ``results`` for the polygons (all with the same point count) that need no shapely repair."""
+    points = np.array([polygons[i] for i in indices], dtype=np.float64)  # (m, k, 2)
+    settled = settle_stack(points, width, height, [ignore[i] for i in indices], min_size)
+    for index, fixed in zip(indices, settled, strict=True):
+        results[index] = fixed
+
+
+def settle_stack(
+    points: np.ndarray, width: int | None, height: int | None, ignore: list[bool], min_size: float
+) -> list[Repaired | None]:
+    """:func:`repair` of each polygon of a (m, k, 2) float64 stack that needs no shapely repair — finite, no
+    repeated points, valid, of non-zero area, and inside the image or wholly outside it — in array operations;
+    None for the others (they need :func:`repair` itself)."""
     import shapely
 
-    points = np.stack([np.asarray(polygons[i], dtype=np.float64) for i in indices])  # (m, k, 2)
     finite = _usable_numbers(points).all(axis=(1, 2))
     points = np.where(finite[:, None, None], points, 0.0)
     repeated = (np.abs(points - np.roll(points, 1, axis=1)) <= 1e-6).all(axis=2).any(axis=1)
@@ -206,19 +217,21 @@ def _settle_simple(
         low, high = points.min(axis=1), points.max(axis=1)
         inside = simple & (low >= 0).all(axis=1) & (high[:, 0] <= width) & (high[:, 1] <= height)
         outside = simple & ((high[:, 0] <= 0) | (high[:, 1] <= 0) | (low[:, 0] >= width) | (low[:, 1] >= height))
-    for row in np.flatnonzero(outside):
-        results[indices[row]] = Repaired(None, ignore[indices[row]], (*_orientation(area[row]), Reason.OUTSIDE_IMAGE))
+    results: list[Repaired | None] = [None] * len(points)
+    for row in np.flatnonzero(outside).tolist():
+        results[row] = Repaired(None, ignore[row], (*_orientation(area[row]), Reason.OUTSIDE_IMAGE))
     rows = np.flatnonzero(inside)
     # Clockwise out, float32, and the size check, for all of them at once.
     clockwise = np.where((area[rows] > 0)[:, None, None], points[rows], points[rows, ::-1]).astype(np.float32)
-    flags = [ignore[indices[row]] for row in rows.tolist()]
+    flags = [ignore[row] for row in rows.tolist()]
     tiny = np.zeros(len(rows), bool)
     if min_size > 0:
         check = np.flatnonzero(~np.array(flags, bool))
         tiny[check] = short_sides(clockwise[check]) < min_size
     for at, (row, flipped, small) in enumerate(zip(rows.tolist(), (area[rows] < 0).tolist(), tiny.tolist(), strict=True)):
         reasons = (Reason.ORIENTATION,) if flipped else ()
-        results[indices[row]] = Repaired(clockwise[at], flags[at] or small, (*reasons, Reason.TINY) if small else reasons)
+        results[row] = Repaired(clockwise[at], flags[at] or small, (*reasons, Reason.TINY) if small else reasons)
+    return results
 
 
 def _usable_numbers(points: np.ndarray) -> np.ndarray:

@@ -71,10 +71,13 @@ def make_targets(
     (a quarter of the bytes to stack, pin and copy to the device; the trainer hands the loss float32)."""
     import cv2
 
+    if not thresh_max > thresh_min:
+        raise ValueError(f"thresh_max ({thresh_max}) must be greater than thresh_min ({thresh_min})")
+    span = thresh_max - thresh_min
     shrink_map = np.zeros((height, width), dtype=np.uint8)
     shrink_mask = np.ones((height, width), dtype=np.uint8)
     thresh_mask = np.zeros((height, width), dtype=np.uint8)
-    border = np.zeros((height, width), dtype=np.float32)
+    thresh_map = np.full((height, width), thresh_min, dtype=np.float32)
 
     shapes = [np.asarray(points, dtype=np.float64) for points in polygons]
     distances = np.zeros(len(shapes))
@@ -87,12 +90,14 @@ def make_targets(
         else:
             text.append(index)
 
-    # Per polygon, in units of D: the kernel is field ≤ min(½ − D, 0)/D (inside and at least D − ½ from the
-    # edges), the dilated region field < (D + ½)/D, the threshold value 1 − |field|.
-    scale = np.maximum(distances, 1e-12)
+    # The field is the signed distance in units of D/span, so that the threshold value thresh_min + span·(1 − d/D)
+    # is thresh_min + span − |field| — no rescaling pass over the map. The kernel is field ≤ span·min(½ − D, 0)/D
+    # (inside and at least D − ½ from the edges), the dilated region field < span·(D + ½)/D.
+    scale = np.maximum(distances, 1e-12) / span
     kernel_limits = (np.minimum(PIXEL_HALF - distances, 0.0) / scale).astype(np.float32).tolist()
     band_limits = ((distances + PIXEL_HALF) / scale).astype(np.float32).tolist()
-    for index, x0, y0, field in _fields(shapes, distances, text, height, width):
+    on_edge = np.float32(thresh_min + span)
+    for index, x0, y0, field in _fields(shapes, distances, scale, text, height, width):
         # OpenCV's max takes a few times less call overhead than numpy's on these small windows (views).
         window = (slice(y0, y0 + field.shape[0]), slice(x0, x0 + field.shape[1]))
         if cv2.minMaxLoc(field)[0] <= kernel_limits[index]:
@@ -103,13 +108,11 @@ def make_targets(
         target = thresh_mask[window]
         cv2.max(target, (field < band_limits[index]).view(np.uint8), dst=target)
         np.abs(field, out=field)
-        np.subtract(np.float32(1.0), field, out=field)
-        target = border[window]
+        np.subtract(on_edge, field, out=field)
+        target = thresh_map[window]
         cv2.max(target, field, dst=target)
 
-    border *= np.float32(thresh_max - thresh_min)
-    border += np.float32(thresh_min)
-    return {"shrink_map": shrink_map, "shrink_mask": shrink_mask, "thresh_map": border, "thresh_mask": thresh_mask}
+    return {"shrink_map": shrink_map, "shrink_mask": shrink_mask, "thresh_map": thresh_map, "thresh_mask": thresh_mask}
 
 
 def _by_point_count(shapes: Sequence[np.ndarray]) -> dict[int, list[int]]:
@@ -120,15 +123,15 @@ def _by_point_count(shapes: Sequence[np.ndarray]) -> dict[int, list[int]]:
 
 
 def _fields(
-    shapes: Sequence[np.ndarray], distances: np.ndarray, text: list[int], height: int, width: int
+    shapes: Sequence[np.ndarray], distances: np.ndarray, units: np.ndarray, text: list[int], height: int, width: int
 ) -> Iterator[tuple[int, int, int, np.ndarray]]:
     """(index, x0, y0, field) for each text polygon whose box grown by D meets the image: its signed distance field
-    divided by D, float32, over that box clipped to the image, with (x0, y0) the box's top-left pixel."""
+    divided by its ``units`` entry, float32, over that box clipped to the image, (x0, y0) the box's top-left pixel."""
     groups = _by_point_count([shapes[i] for i in text])
     for members in groups.values():
         indices = [text[i] for i in members]
         points = np.stack([shapes[i] for i in indices])
-        group_distances = distances[indices]
+        group_distances, group_units = distances[indices], units[indices]
         low = np.floor(points.min(axis=1) - group_distances[:, None]).astype(np.int64)
         high = np.ceil(points.max(axis=1) + group_distances[:, None]).astype(np.int64)
         np.maximum(low, 0, out=low)
@@ -138,11 +141,12 @@ def _fields(
         if convex.any():
             chosen = np.flatnonzero(convex)
             owners = [indices[row] for row in chosen.tolist()]
-            for row, x0, y0, field in _convex_fields(points[chosen], group_distances[chosen], low[chosen], high[chosen]):
+            fields = _convex_fields(points[chosen], group_distances[chosen], group_units[chosen], low[chosen], high[chosen])
+            for row, x0, y0, field in fields:
                 yield owners[row], x0, y0, field
         for row in np.flatnonzero(shown & ~convex).tolist():
             (x0, y0), (x1, y1) = low[row].tolist(), high[row].tolist()
-            yield indices[row], x0, y0, _general_field(points[row], group_distances[row], x0, y0, x1, y1)
+            yield indices[row], x0, y0, _general_field(points[row], group_units[row], x0, y0, x1, y1)
 
 
 def _cheap_convex(points: np.ndarray) -> np.ndarray:
@@ -161,7 +165,7 @@ def _cheap_convex(points: np.ndarray) -> np.ndarray:
 
 
 def _convex_fields(
-    points: np.ndarray, distances: np.ndarray, low: np.ndarray, high: np.ndarray
+    points: np.ndarray, distances: np.ndarray, units: np.ndarray, low: np.ndarray, high: np.ndarray
 ) -> Iterator[tuple[int, int, int, np.ndarray]]:
     """(row, x0, y0, field) for a (P, n, 2) stack of convex polygons; see the module docstring.
 
@@ -171,16 +175,16 @@ def _convex_fields(
     """
     count = points.shape[1]
     edges = points[:, _successor(count)] - points
-    # Outward unit normals; divided by D for the field, which then comes out in units of D without another pass.
+    # Outward unit normals; divided by the unit for the field, which then comes out in those units without a pass.
     normals = np.stack([edges[..., 1], -edges[..., 0]], axis=-1)
     normals *= (np.sign(_twice_area(points))[:, None] / np.hypot(edges[..., 0], edges[..., 1]))[..., None]
-    scaled = normals / distances[:, None, None]
-    offsets = -(scaled * points).sum(axis=-1)  # s_j(p)/D = n_j/D · p + offset_j
+    scaled = normals / units[:, None, None]
+    offsets = -(scaled * points).sum(axis=-1)  # s_j(p)/unit = n_j/unit · p + offset_j
     xs = np.arange(int(high[:, 0].max()) + 1, dtype=np.float64)
     ys = np.arange(int(high[:, 1].max()) + 1, dtype=np.float64)
     rows = (scaled[:, :, 0, None] * xs + offsets[:, :, None]).astype(np.float32)  # (P, n, W)
     columns = (scaled[:, :, 1, None] * ys).astype(np.float32)[:, :, :, None]  # (P, n, H, 1)
-    flat, values, bounds = _corner_wedges(points, edges, normals, distances, low, high)
+    flat, values, bounds = _corner_wedges(points, edges, normals, distances, units, low, high)
     for row, ((x0, y0), (x1, y1)) in enumerate(zip(low.tolist(), high.tolist(), strict=True)):
         field = (columns[row, :, y0 : y1 + 1] + rows[row, :, None, x0 : x1 + 1]).max(axis=0)
         first, last = bounds[row], bounds[row + 1]
@@ -200,9 +204,10 @@ def _predecessor(count: int) -> np.ndarray:
     return np.roll(np.arange(count), 1)
 
 def _corner_wedges(
-    points: np.ndarray, edges: np.ndarray, normals: np.ndarray, distances: np.ndarray, low: np.ndarray, high: np.ndarray
+    points: np.ndarray, edges: np.ndarray, normals: np.ndarray, distances: np.ndarray, units: np.ndarray,
+    low: np.ndarray, high: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Flat indices into the polygons' fields and the exact distances (units of D) of the pixels in the wedges
+    """Flat indices into the polygons' fields and the exact distances (in the fields' units) of the pixels in the wedges
     beyond their corners, where the distance is to the corner rather than to an edge's line; polygon i's entries
     are ``flat[bounds[i]:bounds[i + 1]]``.
 
@@ -228,7 +233,7 @@ def _corner_wedges(
     size = count[polygon, corner].max(axis=1)
     size_class = np.where(size > 3 * np.median(size), np.ceil(np.log2(size)), 0)
     found = [
-        _wedge_pixels(points, incoming, edges, distances, low, high, start, count, polygon[chosen], corner[chosen])
+        _wedge_pixels(points, incoming, edges, units, low, high, start, count, polygon[chosen], corner[chosen])
         for chosen in (size_class == value for value in np.unique(size_class).tolist())
     ]
     owner, flat, value = (np.concatenate(parts) for parts in zip(*found, strict=True))
@@ -239,10 +244,10 @@ def _corner_wedges(
 
 
 def _wedge_pixels(
-    points: np.ndarray, incoming: np.ndarray, edges: np.ndarray, distances: np.ndarray, low: np.ndarray,
+    points: np.ndarray, incoming: np.ndarray, edges: np.ndarray, units: np.ndarray, low: np.ndarray,
     high: np.ndarray, start: np.ndarray, count: np.ndarray, polygon: np.ndarray, corner: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(owner polygon, flat index into its field, distance in units of D) of the wedge pixels of the given corners
+    """(owner polygon, flat index into its field, distance in the field's units) of the wedge pixels of the given corners
     (sorted by polygon), in float32 and small integers: each test compares a row term with a column term, one pass."""
     span = count[polygon, corner].max(axis=0)
     px = start[polygon, corner, 0, None] + np.arange(span[0])  # (V, w) pixel columns
@@ -260,14 +265,14 @@ def _wedge_pixels(
     flat = (((py - y0) * width)[:, :, None] + (px - x0)[:, None, :])[wedge]
     squared = ((ux * ux)[:, None, :] + (uy * uy)[:, :, None])[wedge]
     owner = np.repeat(polygon, wedge.sum(axis=(1, 2)))
-    return owner, flat, np.sqrt(squared) / distances[owner].astype(np.float32)
+    return owner, flat, np.sqrt(squared) / units[owner].astype(np.float32)
 
 
-def _general_field(points: np.ndarray, distance: float, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
-    """Any polygon: exact distance to its nearest edge, negated where the pixel centre is inside, divided by D."""
+def _general_field(points: np.ndarray, unit: float, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    """Any polygon: exact distance to its nearest edge, negated where the pixel centre is inside, in ``unit``s."""
     field = edge_distance(points, x0, y0, x1, y1)
     np.negative(field, out=field, where=_inside(points, x0, y0, x1, y1))
-    field *= np.float32(1.0 / distance)
+    field *= np.float32(1.0 / unit)
     return field
 
 
