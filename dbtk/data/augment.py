@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.polygons import MAX_COORDINATE, MIN_AREA, repair, settle_stack, short_side
+from dbtk.data.polygons import MAX_COORDINATE, MIN_AREA, predecessor, repair, settle_stack, short_side
 
 if TYPE_CHECKING:
     from dbtk.recipe import Data
@@ -173,7 +173,7 @@ def _clip_to_crop(
     for indices in by_count.values():
         points = np.stack([crossing[i] for i in indices])  # (m, k, 2)
         shapes = shapely.polygons(points)
-        repeated = (np.abs(points - np.roll(points, 1, axis=1)) <= 1e-6).all(axis=2).any(axis=1)
+        repeated = (np.abs(points - points[:, predecessor(points.shape[1])]) <= 1e-6).all(axis=2).any(axis=1)
         simple = ~repeated & (np.abs(points) <= MAX_COORDINATE).all(axis=(1, 2)) & shapely.is_valid(shapes)
         simple &= shapely.area(shapes) >= MIN_AREA
         clipped = shapely.intersection(shapes, box)

@@ -9,6 +9,7 @@ callers can count and report them.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,25 @@ class Repaired:
     @property
     def dropped(self) -> bool:
         return self.points is None
+
+
+@functools.cache
+def successor(count: int) -> np.ndarray:
+    """Index of each point's successor around a polygon of ``count`` points (a cheaper ``np.roll(…, -1)``)."""
+    return np.roll(np.arange(count), -1)
+
+
+@functools.cache
+def predecessor(count: int) -> np.ndarray:
+    """Index of each point's predecessor around a polygon of ``count`` points."""
+    return np.roll(np.arange(count), 1)
+
+
+def twice_areas(points: np.ndarray) -> np.ndarray:
+    """Signed shoelace sums of a (..., n, 2) stack of polygons: twice the area, positive for clockwise order in
+    image coordinates (y pointing down), like :func:`signed_area`."""
+    following = points[..., successor(points.shape[-2]), :]
+    return (points[..., 0] * following[..., 1] - following[..., 0] * points[..., 1]).sum(axis=-1)
 
 
 def signed_area(points: np.ndarray) -> float:
@@ -206,9 +226,8 @@ def settle_stack(
 
     finite = _usable_numbers(points).all(axis=(1, 2))
     points = np.where(finite[:, None, None], points, 0.0)
-    repeated = (np.abs(points - np.roll(points, 1, axis=1)) <= 1e-6).all(axis=2).any(axis=1)
-    x, y = points[..., 0], points[..., 1]
-    area = 0.5 * ((x * np.roll(y, -1, axis=1)).sum(axis=1) - (np.roll(x, -1, axis=1) * y).sum(axis=1))
+    repeated = (np.abs(points - points[:, predecessor(points.shape[1])]) <= 1e-6).all(axis=2).any(axis=1)
+    area = 0.5 * twice_areas(points)
     simple = finite & ~repeated & (np.abs(area) >= MIN_AREA)
     simple[simple] = shapely.is_valid(shapely.polygons(points[simple]))
     if width is None or height is None:

@@ -25,10 +25,11 @@ its centre is.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+
+from dbtk.data.polygons import predecessor, successor, twice_areas
 
 #: Pixel-centre conventions matching cv2.fillPoly on the offset polygon (what DBNet implementations draw):
 #: a pixel belongs to a filled outline when its centre lies within half a pixel of it.
@@ -45,17 +46,10 @@ def shrink_distance(points: np.ndarray, ratio: float) -> float:
 
 def shrink_distances(points: np.ndarray, ratio: float) -> np.ndarray:
     """D = A(1 − r²)/L for a stack of polygons with equal point counts, shape (P, n, 2); 0 where L is 0."""
-    edges = np.roll(points, -1, axis=1) - points
+    edges = points[:, successor(points.shape[1])] - points
     perimeter = np.hypot(edges[..., 0], edges[..., 1]).sum(axis=1)
-    area = np.abs(_twice_area(points)) / 2
+    area = np.abs(twice_areas(points)) / 2
     return area * (1.0 - ratio**2) / np.where(perimeter > 0, perimeter, np.inf)
-
-
-def _twice_area(points: np.ndarray) -> np.ndarray:
-    """Signed shoelace sum over the last two axes of (..., n, 2): positive when the points turn counter-clockwise
-    with y pointing up."""
-    x, y = points[..., 0], points[..., 1]
-    return (x * np.roll(y, -1, axis=-1) - np.roll(x, -1, axis=-1) * y).sum(axis=-1)
 
 
 def make_targets(
@@ -152,9 +146,9 @@ def _fields(
 def _cheap_convex(points: np.ndarray) -> np.ndarray:
     """Which polygons of a (P, n, 2) stack are convex, simple, without zero-length edges and without corners
     sharper than :data:`MIN_CORNER_COS` allows: those :func:`_convex_fields` handles."""
-    edges = np.roll(points, -1, axis=1) - points
+    edges = points[:, successor(points.shape[1])] - points
     lengths = np.hypot(edges[..., 0], edges[..., 1])
-    following = np.roll(edges, -1, axis=1)
+    following = edges[:, successor(points.shape[1])]
     cross = edges[..., 0] * following[..., 1] - edges[..., 1] * following[..., 0]
     dot = (edges * following).sum(axis=-1)
     turn = np.arctan2(cross, dot)  # signed turn at each corner
@@ -174,10 +168,10 @@ def _convex_fields(
     exact values for the whole stack come from :func:`_corner_wedges` and are written over them.
     """
     count = points.shape[1]
-    edges = points[:, _successor(count)] - points
+    edges = points[:, successor(count)] - points
     # Outward unit normals; divided by the unit for the field, which then comes out in those units without a pass.
     normals = np.stack([edges[..., 1], -edges[..., 0]], axis=-1)
-    normals *= (np.sign(_twice_area(points))[:, None] / np.hypot(edges[..., 0], edges[..., 1]))[..., None]
+    normals *= (np.sign(twice_areas(points))[:, None] / np.hypot(edges[..., 0], edges[..., 1]))[..., None]
     scaled = normals / units[:, None, None]
     offsets = -(scaled * points).sum(axis=-1)  # s_j(p)/unit = n_j/unit · p + offset_j
     xs = np.arange(int(high[:, 0].max()) + 1, dtype=np.float64)
@@ -193,16 +187,6 @@ def _convex_fields(
         yield row, x0, y0, field
 
 
-@functools.cache
-def _successor(count: int) -> np.ndarray:
-    """Index of each point's successor around a polygon of ``count`` points."""
-    return np.roll(np.arange(count), -1)
-
-
-@functools.cache
-def _predecessor(count: int) -> np.ndarray:
-    return np.roll(np.arange(count), 1)
-
 def _corner_wedges(
     points: np.ndarray, edges: np.ndarray, normals: np.ndarray, distances: np.ndarray, units: np.ndarray,
     low: np.ndarray, high: np.ndarray,
@@ -217,7 +201,7 @@ def _corner_wedges(
     point r·(n₁ + n₂)/(1 + cos θ). Each corner is searched in its kite's bounding box, the corners of like size
     together in one dense (corners, rows, columns) block.
     """
-    previous = _predecessor(points.shape[1])
+    previous = predecessor(points.shape[1])
     incoming, before, after = edges[:, previous], normals[:, previous], normals  # corner j: edges j − 1 and j
     cos_turn = np.clip((before * after).sum(axis=-1), -0.99, 1.0)  # sharper corners never get here
     reach = (distances + PIXEL_HALF)[:, None, None, None]
