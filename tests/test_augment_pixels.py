@@ -46,3 +46,28 @@ def test_color_jitter_is_saturation_then_contrast_then_brightness(seed: int) -> 
     assert got.dtype == np.uint8 and got.shape == image.shape
     # One rounding of one colour matrix (OpenCV's uint8 transform rounds its own arithmetic a little): within a level.
     assert np.abs(got.astype(np.float64) - want).max() < 1.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_warp_reads_only_the_part_of_the_page_it_pads(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 4-channel buffer is padded only where the output reads: whatever the rest holds, the result is the same
+    (and the 3-channel warp's), for windows inside, across and beyond the page."""
+    from dbtk.data import augment
+
+    rng = np.random.default_rng(seed)
+    empty = np.empty
+    for _ in range(40):
+        height, width = int(rng.integers(20, 700)), int(rng.integers(20, 700))
+        image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        size = int(rng.choice([32, 128, 256]))
+        centre = (rng.uniform(0, width), rng.uniform(0, height))
+        matrix = cv2.getRotationMatrix2D(centre, rng.uniform(-30, 30), rng.uniform(0.75, 2.5))
+        matrix[:, 2] += rng.uniform(-400, 400, 2)
+        results = []
+        for fill in (0, 255):
+            monkeypatch.setattr(augment.np, "empty", lambda shape, dtype=None, fill=fill: np.full(shape, fill, dtype=dtype))
+            results.append(warp(image, matrix, size))
+            monkeypatch.setattr(augment.np, "empty", empty)
+        want = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+        np.testing.assert_array_equal(results[0], want)
+        np.testing.assert_array_equal(results[1], want)

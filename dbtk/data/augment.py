@@ -103,14 +103,27 @@ def _warp_bilinear(image: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarr
     """``cv2.warpAffine`` with bilinear interpolation and black borders, the same values, less time for colour.
 
     OpenCV's bilinear warp has a vectorised path for 4 channels and none for 3: padding a colour image to 4
-    channels and dropping the 4th after costs about half the 3-channel warp (docs/benchmarks.md, loader).
+    channels and dropping the 4th after costs about half the 3-channel warp (docs/benchmarks.md, loader). Only the
+    part of the page the output reads (its corners mapped back, +3 px for the interpolation) is padded, in place in
+    a page-sized buffer, so the warp runs on the page's own coordinates: every sampling position stays as it was.
     """
     import cv2
 
-    if image.ndim == 3 and image.shape[2] == 3:
-        four = cv2.warpAffine(cv2.cvtColor(image, cv2.COLOR_BGR2BGRA), matrix, (size, size), flags=cv2.INTER_LINEAR)
-        return cv2.cvtColor(four, cv2.COLOR_BGRA2BGR)
-    return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+    if image.ndim != 3 or image.shape[2] != 3:
+        return cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=0)
+    height, width = image.shape[:2]
+    corners = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], dtype=np.float64)
+    source = corners @ cv2.invertAffineTransform(matrix).T
+    low = [min(max(int(np.floor(v)) - 3, 0), limit) for v, limit in zip(source.min(axis=0), (width, height), strict=True)]
+    high = [min(max(int(np.floor(v)) + 4, 0), limit) for v, limit in zip(source.max(axis=0), (width, height), strict=True)]
+    four = np.empty((height, width, 4), dtype=image.dtype)  # outside the part the output reads: never read
+    if high[0] > low[0] and high[1] > low[1]:
+        window = (slice(low[1], high[1]), slice(low[0], high[0]))
+        cv2.cvtColor(image[window], cv2.COLOR_BGR2BGRA, dst=four[window])
+    else:  # the output shows none of the page: nothing is read
+        four[:1, :1] = 0
+    warped = cv2.warpAffine(four, matrix, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0, 0))
+    return cv2.cvtColor(warped, cv2.COLOR_BGRA2BGR)
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -135,7 +135,9 @@ def _fields(
         if convex.any():
             chosen = np.flatnonzero(convex)
             owners = [indices[row] for row in chosen.tolist()]
-            fields = _convex_fields(points[chosen], group_distances[chosen], group_units[chosen], low[chosen], high[chosen])
+            fields = _convex_fields(
+                points[chosen], group_distances[chosen], group_units[chosen], low[chosen], high[chosen]
+            )
             for row, x0, y0, field in fields:
                 yield owners[row], x0, y0, field
         for row in np.flatnonzero(shown & ~convex).tolist():
@@ -191,9 +193,9 @@ def _corner_wedges(
     points: np.ndarray, edges: np.ndarray, normals: np.ndarray, distances: np.ndarray, units: np.ndarray,
     low: np.ndarray, high: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """Flat indices into the polygons' fields and the exact distances (in the fields' units) of the pixels in the wedges
-    beyond their corners, where the distance is to the corner rather than to an edge's line; polygon i's entries
-    are ``flat[bounds[i]:bounds[i + 1]]``.
+    """Flat indices into the polygons' fields and the exact distances (in the fields' units) of the pixels in the
+    wedges beyond their corners, where the distance is to the corner rather than to an edge's line; polygon i's
+    entries are ``flat[bounds[i]:bounds[i + 1]]``.
 
     In the wedge of a corner the edge-line distances that matter are those of its two edges, a and b, and the
     pixels whose maps the correction changes are those with max(a, b) < r = D + ½ (beyond, both values leave the
@@ -212,8 +214,8 @@ def _corner_wedges(
     polygon, corner = np.nonzero((count > 0).all(axis=-1))
     if not len(polygon):
         return np.zeros(0, np.int64), np.zeros(0, np.float32), [0] * (len(points) + 1)
-    # Body-text corners share one block; a corner more than three times the median size (a heading's) gets a block of
-    # its own size class, so one large line does not make every corner's block large.
+    # Body-text corners share one block; a corner more than three times the median size (a heading's) gets a
+    # block of its own size class, so one large line does not make every corner's block large.
     size = count[polygon, corner].max(axis=1)
     size_class = np.where(size > 3 * np.median(size), np.ceil(np.log2(size)), 0)
     found = [
@@ -231,8 +233,9 @@ def _wedge_pixels(
     points: np.ndarray, incoming: np.ndarray, edges: np.ndarray, units: np.ndarray, low: np.ndarray,
     high: np.ndarray, start: np.ndarray, count: np.ndarray, polygon: np.ndarray, corner: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(owner polygon, flat index into its field, distance in the field's units) of the wedge pixels of the given corners
-    (sorted by polygon), in float32 and small integers: each test compares a row term with a column term, one pass."""
+    """(owner polygon, flat index into its field, distance in the field's units) of the wedge pixels of the given
+    corners (sorted by polygon), in float32 and small integers: each test compares a row term with a column term,
+    one pass."""
     span = count[polygon, corner].max(axis=0)
     px = start[polygon, corner, 0, None] + np.arange(span[0])  # (V, w) pixel columns
     py = start[polygon, corner, 1, None] + np.arange(span[1])  # (V, h) pixel rows
