@@ -110,3 +110,23 @@ def test_masks_travel_as_uint8_and_reach_the_loss_as_float32(tmp_path: Path) -> 
     trainer.loss_fn = recording
     trainer.run()
     assert seen and all(dtype == torch.float32 for step in seen for dtype in step.values())
+
+
+def test_a_run_resumed_on_another_process_count_says_so(tmp_path: Path) -> None:
+    """Outsider finding: a 2-process run resumed on 1 process trained on without a word (half the images a step)."""
+    from dbtk.io.checkpoint import read_training_state, save_weights
+
+    recipe = tiny(**{"train.max_steps": 2, "train.checkpoint_every": 1})
+    first = Trainer(recipe, tmp_path / "run")
+    first.run()
+    last = tmp_path / "run" / "checkpoints" / "last.safetensors"
+    _, saved_recipe, tree = read_training_state(last)
+    assert tree["processes"] == 1
+    said: list[str] = []
+    Trainer(recipe, tmp_path / "run", resume_from=last, say=said.append)
+    assert not any("process" in line for line in said)  # the same count: nothing to say
+    tree["processes"] = 2  # as a run under --nproc 2 saves it
+    save_weights(last, first.model, saved_recipe, tree)
+    Trainer(recipe, tmp_path / "run", resume_from=last, say=said.append)
+    batch = recipe.train.batch_size * recipe.train.accumulate
+    assert any(f"resuming a run of 2 training processes on 1: a step now takes {batch} images instead of {2 * batch}" in line for line in said), said

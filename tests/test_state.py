@@ -20,6 +20,7 @@ def full_state() -> TrainingState:
     return TrainingState(
         position=Position(7, 2, 3),
         best_hmean=0.5,
+        processes=2,
         bad_total=torch.tensor(2.0),
         overflow_total=torch.tensor(3.0),
         skipped=Counter({"corrupt": 1}),

@@ -20,7 +20,7 @@ import torch
 from dbtk.errors import DbtkError
 
 #: Fields that older checkpoints may lack, with the value that reproduces what those versions did.
-OPTIONAL = {"repairs": dict, "val_skipped": dict, "overflow_total": lambda: torch.zeros(())}
+OPTIONAL = {"repairs": dict, "val_skipped": dict, "overflow_total": lambda: torch.zeros(()), "processes": lambda: 1}
 
 
 @dataclass
@@ -42,6 +42,7 @@ class TrainingState:
 
     position: Position = field(default_factory=Position)
     best_hmean: float = -1.0
+    processes: int = 1  # training processes that wrote this state: a resume on another count is said
     bad_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # steps with a non-finite loss
     overflow_total: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # fp16 scaler overflows (skipped)
     skipped: Counter = field(default_factory=Counter)  # training samples skipped, by reason
@@ -86,6 +87,8 @@ class TrainingState:
                 value = Counter(value)
             elif f.name == "best_hmean":
                 value = float(value)
+            elif f.name == "processes":
+                value = int(value)
             elif f.name == "history":
                 value = list(value)
             values[f.name] = value

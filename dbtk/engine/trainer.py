@@ -153,10 +153,12 @@ class Trainer:
         if self.budget is not None:
             self.total_steps = budget.MAX_STEPS  # until the plan after the warm-up fixes it
         self._build_optimization()
-        self.state = TrainingState(bad_total=torch.zeros((), device=self.device), overflow_total=torch.zeros((), device=self.device))
+        self.state = TrainingState(bad_total=torch.zeros((), device=self.device), overflow_total=torch.zeros((), device=self.device),
+                                   processes=self.world.size)
         self.bad_run = torch.zeros((), device=self.device)  # consecutive bad steps; restarts at 0 on resume
         if resume_from is not None:
             self._load(resume_from)
+            self._say_other_processes()
         if stop_at and stop_at <= self.state.position.step:
             raise DbtkError(f"--stop-at {stop_at} is not after the step this run resumes from ({self.state.position.step})",
                             hint=f"give a step after {self.state.position.step}, or resume without --stop-at")
@@ -319,6 +321,17 @@ class Trainer:
         state.bad_total = state.bad_total.to(self.device)
         state.overflow_total = state.overflow_total.to(self.device)
         self.state = state
+
+    def _say_other_processes(self) -> None:
+        """A run resumed on another number of processes trains on: its steps and schedule stay as saved, but each
+        step now sees a different number of images — said once, not silently."""
+        saved, now = self.state.processes, self.world.size
+        if saved != now and self.world.is_main:
+            per_process = self.recipe.train.batch_size * self.recipe.train.accumulate
+            self._say(f"resuming a run of {saved} training process{'es' if saved > 1 else ''} on {now}: a step now takes "
+                      f"{per_process * now} images instead of {per_process * saved}; its step count and learning-rate "
+                      "schedule stay as saved")
+        self.state.processes = now
 
     # ------------------------------------------------------------------ the loop
     def make_loader(self) -> torch.utils.data.DataLoader:
