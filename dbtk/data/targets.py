@@ -26,6 +26,7 @@ its centre is.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -46,10 +47,30 @@ def shrink_distance(points: np.ndarray, ratio: float) -> float:
 
 def shrink_distances(points: np.ndarray, ratio: float) -> np.ndarray:
     """D = A(1 − r²)/L for a stack of polygons with equal point counts, shape (P, n, 2); 0 where L is 0."""
-    edges = points[:, successor(points.shape[1])] - points
-    perimeter = np.hypot(edges[..., 0], edges[..., 1]).sum(axis=1)
-    area = np.abs(twice_areas(points)) / 2
-    return area * (1.0 - ratio**2) / np.where(perimeter > 0, perimeter, np.inf)
+    return _Stack.of(points).shrink_distances(ratio)
+
+
+@dataclass(frozen=True)
+class _Stack:
+    """Polygons with equal point counts, (P, n, 2) float64, with the edge geometry that D, the convexity test and
+    the convex fields all use — computed once."""
+
+    points: np.ndarray
+    edges: np.ndarray  # edge j runs from point j to point j + 1
+    lengths: np.ndarray  # (P, n)
+    twice_area: np.ndarray  # (P,) signed shoelace sums
+
+    @classmethod
+    def of(cls, points: np.ndarray) -> _Stack:
+        edges = points[:, successor(points.shape[1])] - points
+        return cls(points, edges, np.hypot(edges[..., 0], edges[..., 1]), twice_areas(points))
+
+    def take(self, rows: np.ndarray) -> _Stack:
+        return _Stack(self.points[rows], self.edges[rows], self.lengths[rows], self.twice_area[rows])
+
+    def shrink_distances(self, ratio: float) -> np.ndarray:
+        perimeter = self.lengths.sum(axis=1)
+        return np.abs(self.twice_area) / 2 * (1.0 - ratio**2) / np.where(perimeter > 0, perimeter, np.inf)
 
 
 def make_targets(
@@ -74,15 +95,16 @@ def make_targets(
     thresh_map = np.full((height, width), thresh_min, dtype=np.float32)
 
     shapes = [np.asarray(points, dtype=np.float64) for points in polygons]
+    groups = [(members, _Stack.of(np.stack([shapes[i] for i in members]))) for members in _by_point_count(shapes).values()]
     distances = np.zeros(len(shapes))
-    for members in _by_point_count(shapes).values():
-        distances[members] = shrink_distances(np.stack([shapes[i] for i in members]), shrink_ratio)
-    text = []
+    for members, stack in groups:
+        distances[members] = stack.shrink_distances(shrink_ratio)
+    text = np.zeros(len(shapes), dtype=bool)
     for index, (points, is_ignored) in enumerate(zip(shapes, ignore, strict=True)):
         if is_ignored or not distances[index] > 0:
             cv2.fillPoly(shrink_mask, [np.round(points).astype(np.int32)], 0)
         else:
-            text.append(index)
+            text[index] = True
 
     # The field is the signed distance in units of D/span, so that the threshold value thresh_min + span·(1 − d/D)
     # is thresh_min + span − |field| — no rescaling pass over the map. The kernel is field ≤ span·min(½ − D, 0)/D
@@ -91,7 +113,7 @@ def make_targets(
     kernel_limits = (np.minimum(PIXEL_HALF - distances, 0.0) / scale).astype(np.float32).tolist()
     band_limits = ((distances + PIXEL_HALF) / scale).astype(np.float32).tolist()
     on_edge = np.float32(thresh_min + span)
-    for index, x0, y0, field in _fields(shapes, distances, scale, text, height, width):
+    for index, x0, y0, field in _fields(groups, text, distances, scale, height, width):
         # OpenCV's max takes a few times less call overhead than numpy's on these small windows (views).
         window = (slice(y0, y0 + field.shape[0]), slice(x0, x0 + field.shape[1]))
         if cv2.minMaxLoc(field)[0] <= kernel_limits[index]:
@@ -117,40 +139,40 @@ def _by_point_count(shapes: Sequence[np.ndarray]) -> dict[int, list[int]]:
 
 
 def _fields(
-    shapes: Sequence[np.ndarray], distances: np.ndarray, units: np.ndarray, text: list[int], height: int, width: int
+    groups: list[tuple[list[int], _Stack]], text: np.ndarray, distances: np.ndarray, units: np.ndarray,
+    height: int, width: int,
 ) -> Iterator[tuple[int, int, int, np.ndarray]]:
     """(index, x0, y0, field) for each text polygon whose box grown by D meets the image: its signed distance field
     divided by its ``units`` entry, float32, over that box clipped to the image, (x0, y0) the box's top-left pixel."""
-    groups = _by_point_count([shapes[i] for i in text])
-    for members in groups.values():
-        indices = [text[i] for i in members]
-        points = np.stack([shapes[i] for i in indices])
+    for members, whole in groups:
+        chosen = np.flatnonzero(text[members])
+        if not len(chosen):
+            continue
+        indices = [members[row] for row in chosen.tolist()]
+        stack = whole.take(chosen)
         group_distances, group_units = distances[indices], units[indices]
-        low = np.floor(points.min(axis=1) - group_distances[:, None]).astype(np.int64)
-        high = np.ceil(points.max(axis=1) + group_distances[:, None]).astype(np.int64)
+        low = np.floor(stack.points.min(axis=1) - group_distances[:, None]).astype(np.int64)
+        high = np.ceil(stack.points.max(axis=1) + group_distances[:, None]).astype(np.int64)
         np.maximum(low, 0, out=low)
         np.minimum(high, (width - 1, height - 1), out=high)
         shown = (high >= low).all(axis=1)
-        convex = shown & _cheap_convex(points)
+        convex = shown & _cheap_convex(stack)
         if convex.any():
-            chosen = np.flatnonzero(convex)
-            owners = [indices[row] for row in chosen.tolist()]
-            fields = _convex_fields(
-                points[chosen], group_distances[chosen], group_units[chosen], low[chosen], high[chosen]
-            )
+            rows = np.flatnonzero(convex)
+            owners = [indices[row] for row in rows.tolist()]
+            fields = _convex_fields(stack.take(rows), group_distances[rows], group_units[rows], low[rows], high[rows])
             for row, x0, y0, field in fields:
                 yield owners[row], x0, y0, field
         for row in np.flatnonzero(shown & ~convex).tolist():
             (x0, y0), (x1, y1) = low[row].tolist(), high[row].tolist()
-            yield indices[row], x0, y0, _general_field(points[row], group_units[row], x0, y0, x1, y1)
+            yield indices[row], x0, y0, _general_field(stack.points[row], group_units[row], x0, y0, x1, y1)
 
 
-def _cheap_convex(points: np.ndarray) -> np.ndarray:
-    """Which polygons of a (P, n, 2) stack are convex, simple, without zero-length edges and without corners
-    sharper than :data:`MIN_CORNER_COS` allows: those :func:`_convex_fields` handles."""
-    edges = points[:, successor(points.shape[1])] - points
-    lengths = np.hypot(edges[..., 0], edges[..., 1])
-    following = edges[:, successor(points.shape[1])]
+def _cheap_convex(stack: _Stack) -> np.ndarray:
+    """Which polygons of the stack are convex, simple, without zero-length edges and without corners sharper than
+    :data:`MIN_CORNER_COS` allows: those :func:`_convex_fields` handles."""
+    edges, lengths = stack.edges, stack.lengths
+    following = edges[:, successor(edges.shape[1])]
     cross = edges[..., 0] * following[..., 1] - edges[..., 1] * following[..., 0]
     dot = (edges * following).sum(axis=-1)
     turn = np.arctan2(cross, dot)  # signed turn at each corner
@@ -161,19 +183,18 @@ def _cheap_convex(points: np.ndarray) -> np.ndarray:
 
 
 def _convex_fields(
-    points: np.ndarray, distances: np.ndarray, units: np.ndarray, low: np.ndarray, high: np.ndarray
+    stack: _Stack, distances: np.ndarray, units: np.ndarray, low: np.ndarray, high: np.ndarray
 ) -> Iterator[tuple[int, int, int, np.ndarray]]:
-    """(row, x0, y0, field) for a (P, n, 2) stack of convex polygons; see the module docstring.
+    """(row, x0, y0, field) for a stack of convex polygons; see the module docstring.
 
     Per polygon the field is the largest of its edges' signed line distances: a row plus a column per edge, both
     computed for the whole stack at once, so a polygon costs a broadcast sum and a maximum. The corner wedges'
     exact values for the whole stack come from :func:`_corner_wedges` and are written over them.
     """
-    count = points.shape[1]
-    edges = points[:, successor(count)] - points
+    points, edges = stack.points, stack.edges
     # Outward unit normals; divided by the unit for the field, which then comes out in those units without a pass.
     normals = np.stack([edges[..., 1], -edges[..., 0]], axis=-1)
-    normals *= (np.sign(twice_areas(points))[:, None] / np.hypot(edges[..., 0], edges[..., 1]))[..., None]
+    normals *= (np.sign(stack.twice_area)[:, None] / stack.lengths)[..., None]
     scaled = normals / units[:, None, None]
     offsets = -(scaled * points).sum(axis=-1)  # s_j(p)/unit = n_j/unit · p + offset_j
     xs = np.arange(int(high[:, 0].max()) + 1, dtype=np.float64)
