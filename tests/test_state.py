@@ -70,3 +70,28 @@ def test_resume_restores_repairs_and_skips(tmp_path: Path) -> None:
     resumed = Trainer(tiny(), tmp_path / "run", resume_from=tmp_path / "run" / "checkpoints" / "last.safetensors")
     assert resumed.state.repairs == first.state.repairs
     assert resumed.state.position == first.state.position
+
+
+HOSTILE_NUMBERS = ["x", None, [3], {"a": 1}, True, -1, -2, 2.5, float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("name", ["processes", "best_hmean", "position.step", "position.epoch", "position.batch"])
+def test_a_damaged_number_in_the_state_is_refused_by_name(name: str) -> None:
+    """Every number the state carries, given values a hand-edited or damaged file may hold: one DbtkError naming
+    the field, never a traceback (found: 'processes' = "x" ended in a ValueError)."""
+    for bad in HOSTILE_NUMBERS:
+        if name == "best_hmean" and isinstance(bad, (int, float)) and not isinstance(bad, bool) and -1 <= bad <= 1:
+            continue  # -1 is best_hmean's own default
+        tree = full_state().to_tree()
+        if name.startswith("position."):
+            tree["position"] = {**tree["position"], name.split(".")[1]: bad}
+        else:
+            tree[name] = bad
+        with pytest.raises(DbtkError, match=f"'{name}' is "):
+            TrainingState.from_tree(tree, where="last.safetensors")
+    tree = full_state().to_tree()
+    tree["position"] = {"step": 1}
+    with pytest.raises(DbtkError, match="'position' is"):
+        TrainingState.from_tree(tree)
+    tree["position"] = [4, 1, 2]  # dbtk 0.x wrote a list
+    assert TrainingState.from_tree(tree).position == Position(4, 1, 2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,17 +83,39 @@ class TrainingState:
         for f in dataclasses.fields(cls):
             value = tree.get(f.name, OPTIONAL.get(f.name, dict)())
             if f.name == "position":  # a table; dbtk 0.x before the typed state wrote [step, epoch, batch]
-                value = Position(*value) if isinstance(value, list) else Position(**value)
+                value = _position(value, where)
             elif f.type in ("Counter", Counter):
                 value = Counter(value)
             elif f.name == "best_hmean":
-                value = float(value)
+                value = _checked(value, where, "best_hmean", "a number from -1 to 1",
+                                 lambda v: isinstance(v, (int, float)) and -1 <= v <= 1, float)
             elif f.name == "processes":
-                value = int(value)
+                value = _checked(value, where, "processes", "a whole number ≥ 1", lambda v: isinstance(v, int) and v >= 1, int)
             elif f.name == "history":
                 value = list(value)
             values[f.name] = value
         return cls(**values)
+
+
+def _checked(value: Any, where: str, name: str, what: str, valid: Callable[[Any], bool], kind: type) -> Any:
+    """``kind(value)`` when ``valid`` — booleans never are numbers here — else an error naming the field: a hand-edited
+    or damaged state is refused in one line, not met with a traceback halfway through the resume."""
+    if isinstance(value, bool) or not valid(value):
+        raise DbtkError(f"{where}: the training state's '{name}' is {value!r}, not {what}",
+                        hint="resume from another checkpoint of the run, or start a new run")
+    return kind(value)
+
+
+def _position(value: Any, where: str) -> Position:
+    fields = [f.name for f in dataclasses.fields(Position)]
+    if isinstance(value, list) and len(value) == len(fields):
+        value = dict(zip(fields, value, strict=True))
+    if not isinstance(value, dict) or sorted(value) != sorted(fields):
+        raise DbtkError(f"{where}: the training state's 'position' is {value!r}, not a table of {', '.join(fields)}",
+                        hint="resume from another checkpoint of the run, or start a new run")
+    whole = [_checked(value[name], where, f"position.{name}", "a whole number ≥ 0",
+                      lambda v: isinstance(v, int) and v >= 0, int) for name in fields]
+    return Position(*whole)
 
 
 def rng_state() -> dict[str, Any]:
