@@ -1,12 +1,18 @@
 """One training sample of the docs recipe, part by part, against decoding its page alone (the baseline).
 
 Usage: python benchmarks/loader.py [--data ../shared/data/docs-dev/train] [--samples 80] [--markdown]
+       python benchmarks/loader.py --resize 640 [--enlarge 2.5] [--samples 40] [--markdown]
 
 Single-threaded (one OpenCV thread, no DataLoader workers), as one loader worker runs. Every part is timed on
 the same samples in the same run, the parts taking turns sample by sample: JPEG decode, label path (orientation +
 repair + keep/skip), reading the page from the warm cache instead, the affine warp, the labels after the transform
 (crop and size), colour jitter, DB targets, collate, and whole samples through ``DetectionDataset`` with the cache
 off and with the decoded-page cache warm.
+
+``--resize SIZE`` times the other training mode, LongestMaxSize SIZE + pad with the default scale range 0.5–1.5
+(as recipes/rtx3060.toml), on the pages enlarged ``--enlarge`` times and re-encoded (JPEG quality 90) — the size of
+phone photos of receipts: whole samples with pages decoded reduced where they are drawn at half their size or
+less (libjpeg's DCT scaling) against the same samples decoded at full size, and the full decode as the baseline.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dbtk.data.augment import color_jitter, crop_labels, random_affine, warp
 from dbtk.data.dataset import DetectionDataset, collate
 from dbtk.data.formats import open_split
 from dbtk.data.images import read_image
+from dbtk.data.reader import RawSample
 from dbtk.data.labels import prepare
 from dbtk.data.targets import make_targets
 
@@ -49,6 +56,80 @@ def per_sample(parts: dict[str, Callable[[int], object]], count: int) -> dict[st
     return {name: sum(times) / count * 1e3 for name, times in best.items()}
 
 
+class _FullSize:
+    """A reader's samples always decoded at full size: ``load(i)`` without ``draw``."""
+
+    def __init__(self, reader: object) -> None:
+        self.reader = reader
+        self.exif, self.problems = reader.exif, reader.problems
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def name(self, index: int) -> str:
+        return self.reader.name(index)
+
+    def load(self, index: int) -> RawSample:
+        return self.reader.load(index)
+
+    def identity(self, index: int) -> str:
+        return self.reader.identity(index)
+
+    def source(self, index: int) -> Path | None:
+        return self.reader.source(index)
+
+
+def _enlarged(source: Path, target: Path, count: int, factor: float) -> Path:
+    """The first ``count`` pages of an ICDAR folder, enlarged ``factor`` times (JPEG quality 90), labels too."""
+    import cv2
+
+    reader = open_split(str(source))
+    (target / "images").mkdir(parents=True)
+    (target / "gts").mkdir()
+    for index in range(min(count, len(reader))):
+        sample = reader.load(index)
+        image = cv2.resize(sample.decoded.image, None, fx=factor, fy=factor, interpolation=cv2.INTER_CUBIC)
+        name = Path(sample.name).stem
+        cv2.imwrite(str(target / "images" / f"{name}.jpg"), image[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+        lines = [",".join(f"{v * factor:.0f}" for v in a.points.reshape(-1)) + ",###" * a.ignore + ",x" * (not a.ignore)
+                 for a in sample.annotations]
+        (target / "gts" / f"gt_{name}.txt").write_text("\n".join(lines) + "\n")
+    return target
+
+
+def resize_mode(args: argparse.Namespace) -> None:
+    """Whole samples of the LongestMaxSize mode, pages decoded reduced against full size; see the module doc."""
+    with tempfile.TemporaryDirectory() as folder:
+        root = _enlarged(Path(args.data), Path(folder) / "pages", args.samples, args.enlarge)
+        recipe = recipes.load(str(REPO / "recipes" / "docs.toml"), [
+            f"data.train={root}", "data.cache=off", "data.crop=0", f"data.image_size={args.resize}",
+            "data.scale_min=0.5", "data.scale_max=1.5",
+        ])
+        reader = open_split(str(root))
+        count = len(reader)
+        reduced = DetectionDataset(reader, recipe.data, train=True, seed=0)
+        full = DetectionDataset(_FullSize(reader), recipe.data, train=True, seed=0)
+        cached = DetectionDataset(reader, recipes.with_overrides(recipe, [f"data.cache={folder}/cache"]).data, train=True, seed=0)
+        for i in range(count):
+            cached[i]  # fill the cache
+        reductions = [reduced.page(i).to_page[0, 0] for i in range(count)]
+        sides = [max(reader.load(i).decoded.size) for i in range(count)]
+        paths = [reader.source(i) for i in range(count)]
+        parts = per_sample({
+            "JPEG decode, full size (baseline)": lambda i: read_image(paths[i]),
+            "one sample, page decoded at full size": lambda i: full[i],
+            "**one sample, page decoded reduced**": lambda i: reduced[i],
+            "one sample, cache warm (reduced pages)": lambda i: cached[i],
+        }, count)
+    decode = parts["JPEG decode, full size (baseline)"]
+    shares = {n: reductions.count(n) for n in sorted(set(reductions))}
+    print(f"{count} docs-dev train pages enlarged {args.enlarge}x (longest side {min(sides)}-{max(sides)} px), "
+          f"LongestMaxSize {args.resize}, scale 0.5-1.5; pages decoded at 1/" + ", 1/".join(f"{n:.0f}: {c}" for n, c in shares.items()))
+    print("| sample | ms / sample | × full decode |\n|---|---|---|" if args.markdown else "")
+    for name, ms in parts.items():
+        print(f"| {name} | {ms:.2f} | {ms / decode:.2f}× |" if args.markdown else f"{name:42s} {ms:7.2f} ms  {ms / decode:5.2f}×")
+
+
 def main() -> None:
     import cv2
 
@@ -56,8 +137,13 @@ def main() -> None:
     parser.add_argument("--data", default=str(DOCS_TRAIN))
     parser.add_argument("--samples", type=int, default=80)
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--resize", type=int, default=0, help="time the LongestMaxSize mode at this size instead")
+    parser.add_argument("--enlarge", type=float, default=2.5, help="with --resize: enlarge the pages this many times")
     args = parser.parse_args()
     cv2.setNumThreads(1)
+    if args.resize:
+        resize_mode(args)
+        return
 
     recipe = recipes.load(str(REPO / "recipes" / "docs.toml"), [f"data.train={args.data}", "data.cache=off"])
     data = recipe.data

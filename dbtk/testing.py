@@ -224,12 +224,14 @@ def check_reader(factory: Callable[..., Any], split: Any, *, samples: int = 3, *
     :class:`dbtk.data.reader.Problem`, ``name``/``identity`` stable strings (identities distinct per sample),
     ``source`` an existing file or None, and ``load(i)`` a :class:`dbtk.data.reader.RawSample` with a uint8 RGB
     H×W×3 image and (N, 2) finite-or-not points (repair is dbtk's job, see :func:`dbtk.data.labels.prepare`).
-    The first ``samples`` samples are loaded and sent through the one label path. Returns the reader."""
+    The first ``samples`` samples are loaded and sent through the one label path; a reader whose ``load`` takes
+    ``draw`` is asked for each one drawn small too, and must describe the same page with ceil(size / reduction)
+    pixels. Returns the reader."""
     import numpy as np
 
-    from dbtk.data.images import ImageError
+    from dbtk.data.images import DrawScale, ImageError
     from dbtk.data.labels import prepare
-    from dbtk.data.reader import EXIF_FRAMES, Problem, RawSample, Reader
+    from dbtk.data.reader import EXIF_FRAMES, Problem, RawSample, Reader, takes_draw
 
     label = f"reader {_name(factory)}"
     reader = build(factory, "dataset", params, split=split)
@@ -262,6 +264,13 @@ def check_reader(factory: Callable[..., Any], split: Any, *, samples: int = 3, *
             _expect(points.ndim == 2 and points.shape[1] == 2, f"{label}: annotation points must be (N, 2), got {points.shape}")
         _during(label, f"the label path on sample {index}", "labels must be usable by dbtk.data.labels.prepare",
                 lambda sample=sample: prepare(sample, reader.exif))
+        if takes_draw(reader):  # asked for a page drawn small, it may decode fewer pixels, and must say so
+            small = reader.load(index, draw=DrawScale(0.01)).decoded
+            width, height = small.size
+            expected = (-(-width // small.reduction), -(-height // small.reduction))
+            _expect(small.size == sample.decoded.size and small.image.shape[1::-1] == expected,
+                    f"{label}: load({index}, draw=...) must return the same page (Decoded.size) with "
+                    f"ceil(size / reduction) pixels, got {small.image.shape[1::-1]} for {small.size} / {small.reduction}")
     _expect(len(identities) == min(samples, count), f"{label}: identity() must differ between samples")
     return reader
 

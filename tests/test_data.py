@@ -135,7 +135,7 @@ def test_exif_rotation_moves_pixels_and_polygons_together(tmp_path: Path) -> Non
     for orientation in range(1, 9):
         root = write_icdar(tmp_path / str(orientation), {"r.jpg": (jpeg_bytes(stored, orientation), GOOD_LINE + "\n")})
         reader = ICDAR2015(recipes.Split(str(root)))
-        image, polygons, _, repairs = usable_labels(reader.load(0), reader.exif)
+        image, polygons, _, repairs, _, _ = usable_labels(reader.load(0), reader.exif)
         assert image.shape[:2] == ((64, 48) if orientation >= 5 else (48, 64))
         import cv2
 

@@ -32,7 +32,7 @@ def _training_view(root: Path) -> tuple[dict[str, str], Counter]:
     skipped, repairs = {p.where().split("/")[-1]: p.reason for p in reader.problems if p.reason == "missing_gt"}, Counter()
     for index in range(len(dataset)):
         try:
-            _, _, _, found = dataset.page(index)
+            found = dataset.page(index).repairs
         except (ImageError, SampleError) as exc:
             skipped[reader.name(index)] = exc.reason
             repairs.update(getattr(exc, "repairs", ()))

@@ -112,6 +112,20 @@ class _FloatImages(FileReader):
         return sample
 
 
+class _LyingReduction(FileReader):
+    """Says its pixels are a reduced page when they are the full one."""
+
+    def __init__(self, split: Split) -> None:
+        super().__init__(exif="stored")
+        self.records = registry.build("dataset", {"name": "icdar2015"}, split=split).records
+
+    def load(self, index: int, draw=None):  # noqa: ANN001, ANN201
+        sample = super().load(index)
+        if draw is not None:
+            sample.decoded = dataclasses.replace(sample.decoded, reduction=2)
+        return sample
+
+
 class _BadExif(FileReader):
     def __init__(self, split: Split) -> None:
         super().__init__(exif="rotated")
@@ -120,7 +134,7 @@ class _BadExif(FileReader):
 
 @pytest.mark.parametrize(
     ("factory", "rule"),
-    [(_NoIdentity, "identity"), (_FloatImages, "uint8"), (_BadExif, "exif")],
+    [(_NoIdentity, "identity"), (_FloatImages, "uint8"), (_BadExif, "exif"), (_LyingReduction, "reduction")],
 )
 def test_check_reader_names_the_broken_rule(factory: type, rule: str, tmp_path: Path) -> None:
     _, split = icdar_split(tmp_path / "set")

@@ -19,13 +19,14 @@ import mmap
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from dbtk.data.augment import AugmentConfig, color_jitter, crop_labels, random_affine, warp
-from dbtk.data.images import ImageError
+from dbtk.data.images import DrawScale, ImageError
 from dbtk.data.labels import prepare
+from dbtk.data.reader import takes_draw
 from dbtk.data.targets import make_targets
 from dbtk.errors import DbtkError
 from dbtk.io.atomic import atomic_write
@@ -37,7 +38,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbtk.data")
 
 #: Bump when the cached content, its meaning or its file format changes: old entries then never match.
-CACHE_VERSION = 4  # 3: targets from edge-line distances + corner wedges, centres inside by even-odd; 4: uint8 masks
+# 3: targets from edge-line distances + corner wedges, centres inside by even-odd; 4: uint8 masks; 5: pages
+# decoded reduced where drawn at half size or less, with their size and pixel-to-page map
+CACHE_VERSION = 5
 #: Cache entries start with these bytes (a file of another format, or a damaged one, is a miss).
 CACHE_MAGIC = b"DBTKRAW\x01"
 CACHE_SUFFIX = ".raw"
@@ -45,6 +48,8 @@ CACHE_SUFFIX = ".raw"
 CACHE_ALIGN = 64
 #: How many other samples to try before giving up on a batch slot.
 MAX_REPLACEMENTS = 16
+#: What a cache entry of a page (before augmentation) holds.
+PAGE_ENTRY = {"image", "points", "lengths", "ignore", "size", "to_page"}
 TARGET_KEYS = ("shrink_map", "shrink_mask", "thresh_map", "thresh_mask")
 #: The targets that are 0/1 masks: uint8 from the loader to the device, float32 from there on (:func:`as_float`).
 MASK_KEYS = ("shrink_map", "shrink_mask", "thresh_mask")
@@ -60,13 +65,26 @@ class SampleError(Exception):
         self.repairs = repairs or Counter()
 
 
-def usable_labels(sample: RawSample, exif: str) -> tuple[np.ndarray, list[np.ndarray], list[bool], Counter]:
-    """The one label path (:func:`dbtk.data.labels.prepare`) for training: image, polygons, ignore flags and
-    repair counts, or :class:`SampleError` when the sample must be skipped."""
+class Page(NamedTuple):
+    """A sample before augmentation: its pixels, its labels after the one label path in the page's coordinates,
+    and what the label path repaired."""
+
+    image: np.ndarray
+    polygons: list[np.ndarray]
+    ignore: list[bool]
+    repairs: Counter
+    size: tuple[int, int]  # (width, height) of the page at full resolution: the labels' frame
+    to_page: np.ndarray  # 3×3, image pixel → page coordinates: the identity unless the page was decoded reduced
+
+
+def usable_labels(sample: RawSample, exif: str) -> Page:
+    """The one label path (:func:`dbtk.data.labels.prepare`) for training, or :class:`SampleError` when the
+    sample must be skipped."""
     labels = prepare(sample, exif)
     if labels.skip:
         raise SampleError(labels.skip, f"{sample.name}: {labels.skip_detail}", labels.repairs)
-    return labels.image, labels.polygons, labels.ignore, labels.repairs
+    decoded = sample.decoded
+    return Page(labels.image, labels.polygons, labels.ignore, labels.repairs, decoded.size, decoded.to_page())
 
 
 class SampleCache:
@@ -169,8 +187,13 @@ class DetectionDataset:
         self.min_text_size = data.min_text_size
         #: Without randomness the whole sample is a pure function of its source: cache targets too.
         self.deterministic = not self.config.random and not self.config.crop
+        #: How small pages are drawn at most: a JPEG drawn at half its size or less is decoded reduced.
+        self.draw = DrawScale(self.config.scale_max, None if self.config.crop else self.config.size)
+        #: Plugin readers written before ``draw`` existed take ``load(i)`` only.
+        self._load_draws = takes_draw(reader)
         folder = resolve_cache_folder(data.cache)
-        parameters = {"exif": reader.exif, "stage": "full" if self.deterministic else "decoded"}
+        parameters = {"exif": reader.exif, "stage": "full" if self.deterministic else "decoded",
+                      "draw": [self.draw.most, self.draw.fit] if self._load_draws else None}
         if self.deterministic:
             parameters.update(
                 size=self.config.size, shrink_ratio=data.shrink_ratio, thresh_min=data.thresh_min,
@@ -209,35 +232,37 @@ class DetectionDataset:
             self._logged.add(reason)
             log.warning("skipping sample (%s): %s; further '%s' samples are counted silently", reason, message, reason)
 
-    def page(self, index: int) -> tuple[np.ndarray, list[np.ndarray], list[bool], Counter]:
-        """Sample ``index`` before augmentation: decoded image, its labels after the one label path, and the repair
-        counts (empty on a cache hit: they were counted when the entry was made). Raises
-        :class:`dbtk.data.images.ImageError` or :class:`SampleError` for a sample to skip."""
+    def page(self, index: int) -> Page:
+        """Sample ``index`` before augmentation (its repair counts are empty on a cache hit: they were counted when
+        the entry was made). Raises :class:`dbtk.data.images.ImageError` or :class:`SampleError` for a sample to
+        skip."""
         identity = self.reader.identity(index) if self.cache else ""
         if self.cache and not self.deterministic:
             hit = self.cache.get(identity)
-            if hit is not None:
+            if hit is not None and PAGE_ENTRY <= hit.keys():  # an entry lacking one is not this version's
                 polygons, ignore = _unpack_polygons(hit)
-                return hit["image"], polygons, ignore, Counter()
-        image, polygons, ignore, repairs = usable_labels(self.reader.load(index), self.reader.exif)
+                width, height = hit["size"].tolist()
+                return Page(hit["image"], polygons, ignore, Counter(), (width, height), hit["to_page"])
+        sample = self.reader.load(index, draw=self.draw) if self._load_draws else self.reader.load(index)
+        page = usable_labels(sample, self.reader.exif)
         if self.cache and not self.deterministic:
-            self.cache.put(identity, {"image": image, **_pack_polygons(polygons, ignore)})
-        return image, polygons, ignore, repairs
+            frame = {"size": np.array(page.size, np.int64), "to_page": page.to_page}
+            self.cache.put(identity, {"image": page.image, **_pack_polygons(page.polygons, page.ignore), **frame})
+        return page
 
     def _build(self, index: int, epoch: int) -> dict[str, Any]:
         if self.cache and self.deterministic:
             hit = self.cache.get(self.reader.identity(index))
-            if hit is not None:
+            if hit is not None and {"image", *TARGET_KEYS} <= hit.keys():
                 return {"image": hit["image"], **{k: hit[k] for k in TARGET_KEYS}, "repairs": {}}
-        image, polygons, ignore, repairs = self.page(index)
+        page = self.page(index)
         rng = np.random.default_rng([self.seed, epoch, index])
-        height, width = image.shape[:2]
-        matrix = random_affine(rng, width, height, polygons, ignore, self.config)
+        matrix = random_affine(rng, *page.size, page.polygons, page.ignore, self.config)  # page → output
         size = self.config.size
-        out_image = color_jitter(warp(image, matrix, size), rng, self.config.color_jitter)
-        out_polygons, out_ignore = crop_labels(polygons, ignore, matrix, size, self.min_text_size)
+        out_image = color_jitter(warp(page.image, matrix @ page.to_page, size), rng, self.config.color_jitter)
+        out_polygons, out_ignore = crop_labels(page.polygons, page.ignore, matrix, size, self.min_text_size)
         targets = make_targets(out_polygons, out_ignore, size, size, self.shrink_ratio, self.thresh_min, self.thresh_max)
-        sample = {"image": out_image, **targets, "repairs": dict(repairs)}
+        sample = {"image": out_image, **targets, "repairs": dict(page.repairs)}
         if self.cache and self.deterministic:
             self.cache.put(self.reader.identity(index), {"image": out_image, **targets})
         return sample

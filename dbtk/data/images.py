@@ -14,6 +14,9 @@ import numpy as np
 
 #: Images above this many pixels are refused before decoding (decompression-bomb guard, ~ 16k × 12k).
 MAX_PIXELS = 200_000_000
+#: Reductions libjpeg decodes at directly, by scaling its inverse DCT (1/8, 1/4, 1/2 of each side): several times
+#: less work than a full decode, and the pixels are block averages, so no aliasing is added.
+JPEG_REDUCTIONS = (8, 4, 2)
 
 
 class ImageError(Exception):
@@ -26,21 +29,66 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class Decoded:
+    """Decoded pixels and how they relate to the page: labels are in the page's display coordinates, whatever
+    resolution the pixels were decoded at."""
+
     image: np.ndarray  # H×W×3 uint8 RGB, in display orientation
     orientation: int  # EXIF orientation that was applied (1 = none)
-    stored_size: tuple[int, int]  # (width, height) as stored in the file, before orientation
+    stored_size: tuple[int, int]  # (width, height) of the page as stored in the file, before orientation
+    #: The pixels are the page decoded at 1/reduction of each side (see :class:`DrawScale`); 1 = full resolution.
+    reduction: int = 1
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height) of the page in display orientation at full resolution: the frame of its labels."""
+        width, height = self.stored_size
+        return (height, width) if self.orientation in (5, 6, 7, 8) else (width, height)
+
+    def to_page(self) -> np.ndarray:
+        """The 3×3 affine map from pixel coordinates of ``image`` to the page's display coordinates (pixel centres
+        at integers): the identity at full resolution. Reduced pixel ``c`` of the stored image covers page pixels
+        ``N·c … N·c + N − 1``, so its centre is ``N·c + (N − 1)/2``; the orientation maps both grids' pixel indices
+        as :func:`apply_orientation` moves the pixels."""
+        if self.reduction == 1:
+            return np.eye(3)
+        n, (width, height) = self.reduction, self.stored_size
+        reduced = _orientation_map(self.orientation, -(-width // n) - 1, -(-height // n) - 1)  # ceil(side / n)
+        page = _orientation_map(self.orientation, width - 1, height - 1)
+        scale = np.array([[n, 0.0, (n - 1) / 2], [0.0, n, (n - 1) / 2], [0.0, 0.0, 1.0]])
+        rotation, shift = reduced[:2, :2], reduced[:2, 2]  # a signed permutation: its inverse is its transpose
+        unoriented = np.vstack([np.hstack([rotation.T, -(rotation.T @ shift)[:, None]]), [0.0, 0.0, 1.0]])
+        return page @ scale @ unoriented  # small integers and halves throughout: exact
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Decoded:
+@dataclass(frozen=True)
+class DrawScale:
+    """The largest scale a consumer will draw a page at, so that a JPEG can be decoded at a fraction of its size
+    (libjpeg's DCT scaling) when the page is drawn that much smaller anyway: ``most`` times the page's native size,
+    or with ``fit`` set, ``most`` times the scale that fits the page's longer side in ``fit`` pixels (the training
+    data's LongestMaxSize)."""
+
+    most: float = 1.0
+    fit: int | None = None
+
+    def reduction(self, width: int, height: int) -> int:
+        """The largest of :data:`JPEG_REDUCTIONS` that still leaves at least one decoded pixel per drawn pixel."""
+        scale = self.most * (self.fit / max(width, height, 1) if self.fit else 1.0)
+        return next((n for n in JPEG_REDUCTIONS if n * scale <= 1.0), 1)
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, draw: DrawScale | None = None) -> Decoded:
     """Decode an image file to RGB uint8 with EXIF orientation applied; raises :class:`ImageError`."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageError("unreadable", f"{path}: {exc.strerror or exc}") from None
-    return decode_image(data, str(path), max_pixels)
+    return decode_image(data, str(path), max_pixels, draw)
 
 
-def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS) -> Decoded:
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS, draw: DrawScale | None = None) -> Decoded:
+    """Decode to RGB uint8 with EXIF orientation applied; raises :class:`ImageError`. With ``draw``, a JPEG that
+    will be drawn at half its size or less is decoded reduced (:attr:`Decoded.reduction`); other formats always
+    at full size (OpenCV would decode them fully and resize without averaging)."""
     import cv2
 
     if not data:
@@ -51,13 +99,20 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
     if is_truncated(data):
         raise ImageError("truncated", f"{name}: file is truncated")
     buffer = np.frombuffer(data, dtype=np.uint8)
-    image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    reduction = draw.reduction(*size) if draw is not None and size is not None and data[:2] == b"\xff\xd8" else 1
+    image = None
+    if reduction > 1:
+        image = cv2.imdecode(buffer, getattr(cv2, f"IMREAD_REDUCED_COLOR_{reduction}") | cv2.IMREAD_IGNORE_ORIENTATION)
+        if image is None or image.shape[:2] != (-(-size[1] // reduction), -(-size[0] // reduction)):
+            image, reduction = None, 1  # pixels that do not match the header: decode in full, as without draw
+    if image is None:
+        image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None or image.size == 0:
         raise ImageError("corrupt", f"{name}: not a decodable image")
     image = _to_rgb8(image)
-    stored = (image.shape[1], image.shape[0])
+    stored = size if reduction > 1 else (image.shape[1], image.shape[0])
     orientation = exif_orientation(data)
-    return Decoded(apply_orientation(image, orientation), orientation, stored)
+    return Decoded(apply_orientation(image, orientation), orientation, stored, reduction)
 
 
 def _to_rgb8(image: np.ndarray) -> np.ndarray:
@@ -162,20 +217,33 @@ def orient_points(points: np.ndarray, orientation: int, stored_size: tuple[int, 
     Mirroring orientations (2, 4, 5, 7) would reverse a polygon's winding; the point order is reversed back so a
     clockwise polygon stays clockwise.
     """
-    width, height = stored_size
-    x, y = points[..., 0], points[..., 1]
-    mapping = {
-        2: (width - x, y),
-        3: (width - x, height - y),
-        4: (x, height - y),
-        5: (y, x),
-        6: (height - y, x),
-        7: (height - y, width - x),
-        8: (y, width - x),
-    }
-    if orientation not in mapping:
+    if orientation not in range(2, 9):
         return points
-    nx, ny = mapping[orientation]
+    nx, ny = _oriented_xy(points[..., 0], points[..., 1], orientation, *stored_size)
     oriented = np.stack([nx, ny], axis=-1).astype(points.dtype)
     return oriented[..., ::-1, :] if orientation in (2, 4, 5, 7) else oriented
+
+
+def _orientation_map(orientation: int, width: float, height: float) -> np.ndarray:
+    """:func:`_oriented_xy` as a 3×3 affine matrix."""
+    x, y = np.array([0.0, 1.0, 0.0]), np.array([0.0, 0.0, 1.0])
+    nx, ny = _oriented_xy(x, y, orientation, width, height)
+    origin = np.array([nx[0], ny[0]])
+    linear = np.stack([[nx[1], ny[1]] - origin, [nx[2], ny[2]] - origin], axis=1)
+    return np.vstack([np.hstack([linear, origin[:, None]]), [0.0, 0.0, 1.0]])
+
+
+def _oriented_xy(x: np.ndarray, y: np.ndarray, orientation: int, width: float, height: float) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) in the stored frame → display frame, mirroring about ``width`` and ``height`` (the size for label
+    coordinates, the size − 1 for pixel indices)."""
+    mapping = {
+        2: lambda: (width - x, y),
+        3: lambda: (width - x, height - y),
+        4: lambda: (x, height - y),
+        5: lambda: (y, x),
+        6: lambda: (height - y, x),
+        7: lambda: (height - y, width - x),
+        8: lambda: (y, width - x),
+    }
+    return mapping[orientation]() if orientation in mapping else (x, y)
 

@@ -24,6 +24,7 @@ from dbtk.data.labelfiles import as_points, box, distinct_names, duplicate, file
 from dbtk.data.reader import Annotation, FileReader, Problem, RawSample, Record
 
 if TYPE_CHECKING:
+    from dbtk.data.images import DrawScale
     from dbtk.recipe import Split
 
 #: The shapes that outline text. The rest (circle, line, linestrip, point, mask) are reported, not read.
@@ -94,13 +95,13 @@ class LabelMe(FileReader):
             annotations.append(Annotation(points, text, text.strip() == DONT_CARE or difficult, number))
         return annotations
 
-    def load(self, index: int) -> RawSample:
+    def load(self, index: int, draw: DrawScale | None = None) -> RawSample:
         if index not in self.embedded:
-            return super().load(index)
+            return super().load(index, draw)
         import base64
         import binascii
 
-        from dbtk.data.images import ImageError, decode_image
+        from dbtk.data.images import MAX_PIXELS, ImageError, decode_image
 
         record = self.records[index]
         document = read_json(record.image_path, [])
@@ -109,7 +110,7 @@ class LabelMe(FileReader):
             pixels = base64.b64decode(data) if isinstance(data, str) else b""
         except binascii.Error as exc:
             raise ImageError("corrupt", f"{record.image_path}: imageData is not base64 ({exc})") from None
-        return RawSample(record.name, decode_image(pixels, f"{record.image_path} (imageData)"), record.annotations, str(record.image_path))
+        return RawSample(record.name, decode_image(pixels, f"{record.image_path} (imageData)", MAX_PIXELS, draw), record.annotations, str(record.image_path))
 
     def source(self, index: int) -> Path | None:
         """None for embedded pixels: there is no image file to copy, so a copy writes the decoded pixels."""

@@ -34,7 +34,8 @@ class Finding:
 
 @dataclass
 class Labels:
-    """What is left of a sample's annotations, in the decoded image's coordinates (clockwise float32)."""
+    """What is left of a sample's annotations, in the page's display coordinates (clockwise float32): the decoded
+    image's own, unless it was decoded reduced (``RawSample.decoded.to_page()`` maps its pixels)."""
 
     image: np.ndarray
     polygons: list[np.ndarray] = field(default_factory=list)
@@ -61,7 +62,7 @@ def prepare(sample: RawSample, exif: str, *, min_size: float = 0.0) -> Labels:
     labels at all is kept (a page with no text is a valid negative example).
     """
     image = sample.decoded.image
-    height, width = image.shape[:2]
+    width, height = sample.decoded.size  # the page's, at full resolution, whatever the pixels were decoded at
     labels = Labels(image)
     annotations = sample.annotations
     repaired = repair_all(sample.display_points(exif), width, height, ignore=[a.ignore for a in annotations], min_size=min_size)

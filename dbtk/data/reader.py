@@ -9,6 +9,7 @@ repair and the keep/skip decision happen in one place, :func:`dbtk.data.labels.p
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from dbtk.data.images import Decoded, orient_points
+from dbtk.data.images import Decoded, DrawScale, orient_points
 
 #: The two frames annotation coordinates of EXIF-rotated photos can be in (see :attr:`Reader.exif`).
 EXIF_FRAMES = ("stored", "display")
@@ -76,6 +77,10 @@ class Reader(Protocol):
     - ``exif``: frame of the annotation coordinates for EXIF-rotated photos, one of :data:`EXIF_FRAMES`.
     - ``problems``: what indexing found (missing label files, unparsable lines ...), reported by every command.
     - ``load(i)`` decodes sample ``i``; it raises :class:`dbtk.data.images.ImageError` for an unusable image.
+      ``load(i, draw=DrawScale(...))`` (training asks this way) says how small the page will be drawn: a reader
+      may then decode it reduced (``dbtk.data.images.decode_image`` does so for JPEGs) or ignore it; the
+      returned :class:`dbtk.data.images.Decoded` says which. Training calls a reader's ``load`` without ``draw``
+      when its ``load`` takes no such keyword (readers written before it existed).
     - ``identity(i)`` changes whenever sample ``i``'s pixels or labels change (the sample cache key).
     - ``source(i)`` is the image file when there is one (clean-data and convert copy its bytes), else None.
     """
@@ -85,9 +90,18 @@ class Reader(Protocol):
 
     def __len__(self) -> int: ...
     def name(self, index: int) -> str: ...
-    def load(self, index: int) -> RawSample: ...
+    def load(self, index: int, draw: DrawScale | None = None) -> RawSample: ...
     def identity(self, index: int) -> str: ...
     def source(self, index: int) -> Path | None: ...
+
+
+def takes_draw(reader: Reader) -> bool:
+    """Whether ``reader.load`` takes the ``draw`` keyword (readers written before it existed take ``load(i)``)."""
+    try:
+        parameters = inspect.signature(reader.load).parameters.values()
+    except (TypeError, ValueError):  # no signature to read: call it the plain way
+        return False
+    return any(p.name == "draw" and p.kind != p.POSITIONAL_ONLY or p.kind == p.VAR_KEYWORD for p in parameters)
 
 
 @dataclass
@@ -116,12 +130,13 @@ class FileReader:
     def name(self, index: int) -> str:
         return self.records[index].name
 
-    def load(self, index: int) -> RawSample:
-        from dbtk.data.images import read_image
+    def load(self, index: int, draw: DrawScale | None = None) -> RawSample:
+        from dbtk.data.images import MAX_PIXELS, read_image
 
         record = self.records[index]
         label_file = str(record.annotation_file) if record.annotation_file else ""
-        return RawSample(record.name, read_image(record.image_path), record.annotations, label_file, record.unreadable)
+        decoded = read_image(record.image_path, MAX_PIXELS, draw)
+        return RawSample(record.name, decoded, record.annotations, label_file, record.unreadable)
 
     def source(self, index: int) -> Path | None:
         return self.records[index].image_path

@@ -19,6 +19,7 @@ from dbtk.data.reader import Annotation, Problem, RawSample
 from dbtk.errors import DbtkError
 
 if TYPE_CHECKING:
+    from dbtk.data.images import DrawScale
     from dbtk.recipe import Split
 
 #: The most images a synthetic split may hold: an epoch's shuffled order alone costs 8 bytes an image, and a
@@ -102,7 +103,8 @@ class SyntheticText:
         return (f"synthetic|{self.seed}|{self.split_key}|{index}|{self.width}x{self.height}|{self.max_lines}|"
                 f"{self.min_height}-{self.max_height}|{self.rotate}|{self.curved}")
 
-    def load(self, index: int) -> RawSample:
+    def load(self, index: int, draw: DrawScale | None = None) -> RawSample:
+        """Sample ``index`` rendered at full size (``draw`` is not needed: the pages are small)."""
         image, annotations = self.render(index)
         return RawSample(self.name(index), Decoded(image, 1, (self.width, self.height)), annotations)
 
