@@ -259,6 +259,8 @@ def check_reader(factory: Callable[..., Any], split: Any, *, samples: int = 3, *
         image = sample.decoded.image
         _expect(isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3,
                 f"{label}: load({index}).decoded.image must be uint8 RGB H×W×3")
+        _expect(sample.decoded.consistent(), f"{label}: load({index}).decoded must describe its pixels: reduction a "
+                f"positive integer, ceil(stored_size / reduction) pixels when reduced (see dbtk.data.images.Decoded)")
         for annotation in sample.annotations:
             points = np.asarray(annotation.points)
             _expect(points.ndim == 2 and points.shape[1] == 2, f"{label}: annotation points must be (N, 2), got {points.shape}")
@@ -266,11 +268,10 @@ def check_reader(factory: Callable[..., Any], split: Any, *, samples: int = 3, *
                 lambda sample=sample: prepare(sample, reader.exif))
         if takes_draw(reader):  # asked for a page drawn small, it may decode fewer pixels, and must say so
             small = reader.load(index, draw=DrawScale(0.01)).decoded
-            width, height = small.size
-            expected = (-(-width // small.reduction), -(-height // small.reduction))
-            _expect(small.size == sample.decoded.size and small.image.shape[1::-1] == expected,
-                    f"{label}: load({index}, draw=...) must return the same page (Decoded.size) with "
-                    f"ceil(size / reduction) pixels, got {small.image.shape[1::-1]} for {small.size} / {small.reduction}")
+            _expect(small.consistent() and small.size == sample.decoded.size,
+                    f"{label}: load({index}, draw=...) must return the same page (Decoded.size) with ceil(size / "
+                    f"reduction) pixels, got {small.image.shape[1::-1]} pixels, stored_size {small.stored_size!r}, "
+                    f"reduction {small.reduction!r}")
     _expect(len(identities) == min(samples, count), f"{label}: identity() must differ between samples")
     return reader
 

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from dbtk import recipe as recipes
 from dbtk.data.dataset import DetectionDataset
 from dbtk.data.formats import ICDAR2015
-from dbtk.data.images import JPEG_REDUCTIONS, DrawScale, decode_image
+from dbtk.data.images import JPEG_REDUCTIONS, DrawScale, ImageError, decode_image
 from tests.data_fixtures import jpeg_bytes, write_icdar
 
 
@@ -193,3 +193,74 @@ def test_pixels_that_do_not_match_the_header_are_decoded_in_full(monkeypatch: py
         monkeypatch.setattr(cv2, "imdecode", lambda buffer, flags, wrong=wrong: wrong(buffer) if flags == reduced else real(buffer, flags))
         decoded = decode_image(data, draw=DrawScale(0.1))
         assert decoded.reduction == 1 and decoded.image.shape == (151, 203, 3)
+
+
+def _timed(load):  # noqa: ANN001, ANN202 - a decorator without functools.wraps: load shows (*args, **kwargs)
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        return load(*args, **kwargs)
+
+    return wrapper
+
+
+class _Decorated(ICDAR2015):
+    @_timed
+    def load(self, index):  # noqa: ANN001, ANN201 - written before draw existed
+        return super().load(index)
+
+
+class _OwnOptions(ICDAR2015):
+    def load(self, index, **options):  # noqa: ANN001, ANN003, ANN201 - options of its own, never draw
+        assert not options, options
+        return super().load(index)
+
+
+class _MisstatedReduction(ICDAR2015):
+    def load(self, index, draw=None):  # noqa: ANN001, ANN201 - reduced pixels said to be full ones, or the reverse
+        sample = super().load(index, draw=draw)
+        wrong = 2 if sample.decoded.reduction == 1 else 1
+        sample.decoded = dataclasses.replace(sample.decoded, reduction=wrong)
+        return sample
+
+
+@pytest.mark.parametrize("factory", [_Decorated, _OwnOptions])
+def test_a_load_without_a_draw_parameter_is_called_plainly(tmp_path: Path, factory: type) -> None:
+    root = _large_pages(tmp_path / "pages")
+    recipe = recipes.with_overrides(recipes.Recipe(), [f"data.train={root}", "data.cache=off", "data.image_size=256", "data.crop=0"])
+    dataset = DetectionDataset(factory(recipes.Split(str(root))), recipe.data, train=True, seed=0)
+    sample = dataset[0]
+    assert not sample["skipped"] and dataset.page(0).to_page[0, 0] == 1
+
+
+def test_pixels_that_are_not_the_page_reduced_as_said_are_skipped(tmp_path: Path) -> None:
+    root = _large_pages(tmp_path / "pages")
+    recipe = recipes.with_overrides(recipes.Recipe(), [f"data.train={root}", "data.cache=off", "data.image_size=256", "data.crop=0"])
+    reader = _MisstatedReduction(recipes.Split(str(root)))
+    for draw in (None, DrawScale(0.25)):
+        decoded = reader.load(0, draw=draw).decoded
+        assert not decoded.consistent()
+    with pytest.raises(Exception, match="16 samples in a row could not be loaded .last: bad_reduction"):
+        DetectionDataset(reader, recipe.data, train=True, seed=0)[0]
+    for reduction in (0, -2, 2.5, "2", None):
+        assert not dataclasses.replace(decode_image(jpeg_bytes(_texture(40, 30, 2.0))), reduction=reduction).consistent()
+
+
+def test_an_image_gone_since_indexing_is_skipped_with_the_cache_on(tmp_path: Path) -> None:
+    root = _large_pages(tmp_path / "pages")
+    recipe = recipes.with_overrides(recipes.Recipe(), [f"data.train={root}", f"data.cache={tmp_path / 'cache'}", "data.image_size=256", "data.crop=0"])
+    reader = ICDAR2015(recipes.Split(str(root)))
+    (root / "images" / "a.jpg").unlink()
+    sample = DetectionDataset(reader, recipe.data, train=True, seed=0)[0]
+    assert sample["skipped"] == {"unreadable": 1}
+
+
+def test_fill_bytes_before_a_marker_hide_no_size() -> None:
+    """0xFF fill bytes (and stray bytes, as libjpeg skips them) before a marker: the size is still read, so the
+    page is still reduced and the decompression-bomb guard still applies."""
+    data = jpeg_bytes(_texture(203, 151, 2.0))
+    for junk in (b"\xff\xff\xff", b"\x00\x17"):
+        at = data.index(b"\xff\xc0")
+        padded = data[:at] + junk + data[at:]
+        assert cv2.imdecode(np.frombuffer(padded, np.uint8), cv2.IMREAD_COLOR).shape == (151, 203, 3)
+        assert decode_image(padded, draw=DrawScale(0.125)).reduction == 8
+        with pytest.raises(ImageError, match="exceeds"):
+            decode_image(padded, max_pixels=1000)

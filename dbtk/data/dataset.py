@@ -80,10 +80,13 @@ class Page(NamedTuple):
 def usable_labels(sample: RawSample, exif: str) -> Page:
     """The one label path (:func:`dbtk.data.labels.prepare`) for training, or :class:`SampleError` when the
     sample must be skipped."""
+    decoded = sample.decoded
+    if not decoded.consistent():
+        raise SampleError("bad_reduction", f"{sample.name}: the reader's {decoded.image.shape[1]}×{decoded.image.shape[0]} "
+                          f"pixels are not its page (stored as {decoded.stored_size!r}) reduced {decoded.reduction!r} times")
     labels = prepare(sample, exif)
     if labels.skip:
         raise SampleError(labels.skip, f"{sample.name}: {labels.skip_detail}", labels.repairs)
-    decoded = sample.decoded
     return Page(labels.image, labels.polygons, labels.ignore, labels.repairs, decoded.size, decoded.to_page())
 
 

@@ -44,6 +44,19 @@ class Decoded:
         width, height = self.stored_size
         return (height, width) if self.orientation in (5, 6, 7, 8) else (width, height)
 
+    def consistent(self) -> bool:
+        """Whether the pixels are what ``stored_size``, ``orientation`` and ``reduction`` say: ceil(side /
+        reduction) a side (a reader's own ``Decoded`` could say otherwise, and its labels would miss its pixels)."""
+        n = self.reduction
+        if not isinstance(n, (int, np.integer)) or n < 1:
+            return False
+        try:
+            width, height = (int(side) for side in self.size)
+        except (TypeError, ValueError):  # a stored_size that is not two numbers
+            return False
+        shape = getattr(self.image, "shape", ())
+        return len(shape) >= 2 and (shape[1], shape[0]) == (-(-width // n), -(-height // n))
+
     def to_page(self) -> np.ndarray:
         """The 3×3 affine map from pixel coordinates of ``image`` to the page's display coordinates (pixel centres
         at integers): the identity at full resolution. Reduced pixel ``c`` of the stored image covers page pixels
@@ -76,16 +89,16 @@ class DrawScale:
         return next((n for n in JPEG_REDUCTIONS if n * scale <= 1.0), 1)
 
 
-def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, draw: DrawScale | None = None) -> Decoded:
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS, *, draw: DrawScale | None = None) -> Decoded:
     """Decode an image file to RGB uint8 with EXIF orientation applied; raises :class:`ImageError`."""
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
         raise ImageError("unreadable", f"{path}: {exc.strerror or exc}") from None
-    return decode_image(data, str(path), max_pixels, draw)
+    return decode_image(data, str(path), max_pixels, draw=draw)
 
 
-def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS, draw: DrawScale | None = None) -> Decoded:
+def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXELS, *, draw: DrawScale | None = None) -> Decoded:
     """Decode to RGB uint8 with EXIF orientation applied; raises :class:`ImageError`. With ``draw``, a JPEG that
     will be drawn at half its size or less is decoded reduced (:attr:`Decoded.reduction`); other formats always
     at full size (OpenCV would decode them fully and resize without averaging)."""
@@ -147,8 +160,10 @@ def header_size(data: bytes) -> tuple[int, int] | None:
         return None
     pos = 2
     while pos + 9 < len(data):
-        if data[pos] != 0xFF:
-            return None
+        # Skipped as libjpeg skips them: stray bytes before a marker, and 0xFF fill bytes (allowed by the standard).
+        if data[pos] != 0xFF or data[pos + 1] == 0xFF:
+            pos += 1
+            continue
         marker = data[pos + 1]
         if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             pos += 2

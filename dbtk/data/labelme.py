@@ -101,7 +101,7 @@ class LabelMe(FileReader):
         import base64
         import binascii
 
-        from dbtk.data.images import MAX_PIXELS, ImageError, decode_image
+        from dbtk.data.images import ImageError, decode_image
 
         record = self.records[index]
         document = read_json(record.image_path, [])
@@ -110,7 +110,7 @@ class LabelMe(FileReader):
             pixels = base64.b64decode(data) if isinstance(data, str) else b""
         except binascii.Error as exc:
             raise ImageError("corrupt", f"{record.image_path}: imageData is not base64 ({exc})") from None
-        return RawSample(record.name, decode_image(pixels, f"{record.image_path} (imageData)", MAX_PIXELS, draw), record.annotations, str(record.image_path))
+        return RawSample(record.name, decode_image(pixels, f"{record.image_path} (imageData)", draw=draw), record.annotations, str(record.image_path))
 
     def source(self, index: int) -> Path | None:
         """None for embedded pixels: there is no image file to copy, so a copy writes the decoded pixels."""

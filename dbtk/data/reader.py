@@ -80,8 +80,9 @@ class Reader(Protocol):
       ``load(i, draw=DrawScale(...))`` (training asks this way) says how small the page will be drawn: a reader
       may then decode it reduced (``dbtk.data.images.decode_image`` does so for JPEGs) or ignore it; the
       returned :class:`dbtk.data.images.Decoded` says which. Training calls a reader's ``load`` without ``draw``
-      when its ``load`` takes no such keyword (readers written before it existed).
-    - ``identity(i)`` changes whenever sample ``i``'s pixels or labels change (the sample cache key).
+      when its ``load`` has no parameter of that name (readers written before it existed).
+    - ``identity(i)`` changes whenever sample ``i``'s pixels or labels change (the sample cache key); it may
+      raise :class:`dbtk.data.images.ImageError` as ``load`` does (an image file gone since indexing).
     - ``source(i)`` is the image file when there is one (clean-data and convert copy its bytes), else None.
     """
 
@@ -96,12 +97,16 @@ class Reader(Protocol):
 
 
 def takes_draw(reader: Reader) -> bool:
-    """Whether ``reader.load`` takes the ``draw`` keyword (readers written before it existed take ``load(i)``)."""
+    """Whether ``reader.load`` has a ``draw`` parameter that can be passed by keyword. Readers written before it
+    existed take ``load(i)``; one whose ``load`` only shows ``*args, **kwargs`` (a decorator without
+    ``functools.wraps``, options of its own) is called that way too, as ``draw=`` could reach code that never
+    expected it."""
     try:
-        parameters = inspect.signature(reader.load).parameters.values()
+        parameters = inspect.signature(reader.load).parameters
     except (TypeError, ValueError):  # no signature to read: call it the plain way
         return False
-    return any(p.name == "draw" and p.kind != p.POSITIONAL_ONLY or p.kind == p.VAR_KEYWORD for p in parameters)
+    draw = parameters.get("draw")
+    return draw is not None and draw.kind in (draw.POSITIONAL_OR_KEYWORD, draw.KEYWORD_ONLY)
 
 
 @dataclass
@@ -131,11 +136,11 @@ class FileReader:
         return self.records[index].name
 
     def load(self, index: int, draw: DrawScale | None = None) -> RawSample:
-        from dbtk.data.images import MAX_PIXELS, read_image
+        from dbtk.data.images import read_image
 
         record = self.records[index]
         label_file = str(record.annotation_file) if record.annotation_file else ""
-        decoded = read_image(record.image_path, MAX_PIXELS, draw)
+        decoded = read_image(record.image_path, draw=draw)
         return RawSample(record.name, decoded, record.annotations, label_file, record.unreadable)
 
     def source(self, index: int) -> Path | None:
@@ -147,8 +152,13 @@ class FileReader:
         The file is looked at on every call (an edited image is a new key); the path resolution and the labels'
         hash, fixed for this reader's records, are computed once per record — they were most of a warm cache hit.
         """
+        from dbtk.data.images import ImageError
+
         record = self.records[index]
-        stat = record.image_path.stat()
+        try:
+            stat = record.image_path.stat()
+        except OSError as exc:  # gone or unreadable since the split was indexed: skipped like a failed load
+            raise ImageError("unreadable", f"{record.image_path}: {exc.strerror or exc}") from None
         fixed = self._fixed_identity.get(index)
         if fixed is None:
             import hashlib
