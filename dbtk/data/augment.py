@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.polygons import MAX_COORDINATE, MIN_AREA, predecessor, repair, settle_stack, short_side
+from dbtk.data.polygons import MIN_AREA, repair, settle_stack, short_side, simple_stack
 
 if TYPE_CHECKING:
     from dbtk.recipe import Data
@@ -185,11 +185,8 @@ def _clip_to_crop(
     found: dict[int, tuple[np.ndarray, bool] | None] = {}
     for indices in by_count.values():
         points = np.stack([crossing[i] for i in indices])  # (m, k, 2)
-        shapes = shapely.polygons(points)
-        repeated = (np.abs(points - points[:, predecessor(points.shape[1])]) <= 1e-6).all(axis=2).any(axis=1)
-        simple = ~repeated & (np.abs(points) <= MAX_COORDINATE).all(axis=(1, 2)) & shapely.is_valid(shapes)
-        simple &= shapely.area(shapes) >= MIN_AREA
-        clipped = shapely.intersection(shapes, box)
+        simple, _ = simple_stack(points)
+        clipped = shapely.intersection(shapely.polygons(points), box)
         single = simple & (shapely.get_type_id(clipped) == shapely.GeometryType.POLYGON) & ~shapely.is_empty(clipped)
         areas = shapely.area(clipped)
         rings = _rings(clipped[single])

@@ -222,14 +222,8 @@ def settle_stack(
     """:func:`repair` of each polygon of a (m, k, 2) float64 stack that needs no shapely repair — finite, no
     repeated points, valid, of non-zero area, and inside the image or wholly outside it — in array operations;
     None for the others (they need :func:`repair` itself)."""
-    import shapely
-
-    finite = _usable_numbers(points).all(axis=(1, 2))
-    points = np.where(finite[:, None, None], points, 0.0)
-    repeated = (np.abs(points - points[:, predecessor(points.shape[1])]) <= 1e-6).all(axis=2).any(axis=1)
-    area = 0.5 * twice_areas(points)
-    simple = finite & ~repeated & (np.abs(area) >= MIN_AREA)
-    simple[simple] = shapely.is_valid(shapely.polygons(points[simple]))
+    simple, area = simple_stack(points)
+    points = np.where(simple[:, None, None], points, 0.0)  # the others' numbers may be anything
     if width is None or height is None:
         inside, outside = simple, np.zeros_like(simple)
     else:
@@ -251,6 +245,21 @@ def settle_stack(
         reasons = (Reason.ORIENTATION,) if flipped else ()
         results[row] = Repaired(clockwise[at], flags[at] or small, (*reasons, Reason.TINY) if small else reasons)
     return results
+
+
+def simple_stack(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which polygons of a (m, k, 2) float64 stack need no shapely repair — usable numbers, no repeated points,
+    an area of at least :data:`MIN_AREA`, valid (one shapely call for those left) — and their signed areas (0 for
+    unusable numbers). The one test both :func:`settle_stack` and the crop's clipping use."""
+    import shapely
+
+    finite = _usable_numbers(points).all(axis=(1, 2))
+    points = np.where(finite[:, None, None], points, 0.0)
+    repeated = (np.abs(points - points[:, predecessor(points.shape[1])]) <= 1e-6).all(axis=2).any(axis=1)
+    area = 0.5 * twice_areas(points)
+    simple = finite & ~repeated & (np.abs(area) >= MIN_AREA)
+    simple[simple] = shapely.is_valid(shapely.polygons(points[simple]))
+    return simple, area
 
 
 def _usable_numbers(points: np.ndarray) -> np.ndarray:
