@@ -90,6 +90,44 @@ def test_resume_reproduces_uninterrupted_run(tmp_path: Path, precision: str) -> 
     assert steps == sorted(set(steps)) == [1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.parametrize("when", ["epoch end", "final"])
+def test_a_stop_signal_during_validation_ends_it_at_the_next_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str) -> None:
+    """Ctrl-C or SIGTERM while a validation runs: the pass ends at the next image (a large validation set is not
+    waited for), no score is recorded for the step, ``last`` is on disk and the run ends as interrupted; --resume
+    trains on and scores the final weights."""
+    import dbtk.infer.evaluate as evaluate_module
+
+    settings = {"data.val": "val", "data.format.val_count": 6, "eval.batch_size": 1}
+    if when == "epoch end":
+        settings.update({"train.val_every": 1, "train.max_steps": 12})  # 12 images, batch 2: an epoch is 6 steps
+    recipe = tiny(**settings)
+    trainer = Trainer(recipe, tmp_path / "run")
+    real = evaluate_module.scored_samples
+    read: list[int] = []
+
+    def signalled_after_one(reader, result):  # noqa: ANN001, ANN202
+        for item in real(reader, result):
+            read.append(trainer.position.step)
+            trainer._interrupted = signal.SIGINT  # what the handler does on Ctrl-C
+            yield item
+
+    monkeypatch.setattr(evaluate_module, "scored_samples", signalled_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    assert read == [6]  # the signal came while the first image was read: the pass ended there, not after 6
+    assert trainer.position.step == 6 and not any("val/hmean" in h for h in trainer.state.history)
+    _, _, state = read_training_state(tmp_path / "run" / "checkpoints" / "last.safetensors")
+    assert state["position"]["step"] == 6
+    assert not (tmp_path / "run" / "checkpoints" / "best.safetensors").exists()
+
+    monkeypatch.setattr(evaluate_module, "scored_samples", real)
+    resumed = Trainer(recipe, tmp_path / "run", resume_from=tmp_path / "run" / "checkpoints" / "last.safetensors")
+    resumed.run()
+    final = 12 if when == "epoch end" else 6
+    assert [h["step"] for h in resumed.state.history if "val/hmean" in h][-1] == final
+    assert (tmp_path / "run" / "checkpoints" / "best.safetensors").exists()
+
+
 def test_nan_batch_is_skipped_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import dbtk.data.dataset as dataset_module
 

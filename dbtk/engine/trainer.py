@@ -440,10 +440,7 @@ class Trainer:
                 if train.val_every_steps and self.state.position.step % train.val_every_steps == 0:
                     self.save("last")  # on disk before validation: nothing validation does can lose this step
                     self._validate()
-                stop_signal = self._stop_signal(logging_step)
-                if stop_signal:
-                    self.save("last")
-                    raise Interrupted(stop_signal)
+                self._end_if_stopped(logging_step)
                 if self.state.position.step == self.stop_at and self.stop_at < self.total_steps:  # at the end: finish
                     self.save("last")
                     raise StopRequested
@@ -460,9 +457,11 @@ class Trainer:
                 self.save("last")  # every epoch end, whatever checkpoint_every says (and before validating)
                 if train.val_every and self.state.position.epoch % train.val_every == 0:
                     self._validate()
+                    self._end_if_stopped(True)  # every rank is here: a signal during the validation ends the run now
         self.save("last")
         if self.val_reader is not None and self._validated_at != self.state.position.step:
             self._validate()  # the final weights are always scored, so best.safetensors always exists
+            self._end_if_stopped(True)  # stopped: no score yet; --resume scores the final weights
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """One optimizer step over ``accumulate`` micro-batches (gradients averaged across ranks once, on the last),
@@ -527,6 +526,13 @@ class Trainer:
         self.state.overflow_total += skip - bad
         self.bad_run = (self.bad_run + bad) * bad
 
+    def _end_if_stopped(self, logging_step: bool) -> None:
+        """Save ``last`` and end with :class:`Interrupted` when a stop signal arrived (see :meth:`_stop_signal`)."""
+        stop_signal = self._stop_signal(logging_step)
+        if stop_signal:
+            self.save("last")
+            raise Interrupted(stop_signal)
+
     def _stop_signal(self, logging_step: bool) -> int:
         """The stop signal to end on (0: none). Ctrl-C or SIGTERM: at once in one process; under DDP the ranks agree
         at the next logging step (signals reach them at different moments, and a rank that stopped alone would
@@ -578,14 +584,21 @@ class Trainer:
 
     def _validate_once(self) -> None:
         from dbtk.infer.detector import Detector
-        from dbtk.infer.evaluate import evaluate_detector
+        from dbtk.infer.evaluate import Stopped, evaluate_detector
 
         if not self.world.is_main:  # rank 0 scores the full validation set; the others wait for it
             distributed.barrier()
             return
         detector = Detector.from_model(self.model, self.recipe, self.device, borrowed=True)
         try:
-            result = evaluate_detector(detector, self.val_reader)  # unusable images are counted and skipped
+            # unusable images are counted and skipped; Ctrl-C or SIGTERM ends the pass at the next image
+            result = evaluate_detector(detector, self.val_reader, stop=lambda: self._interrupted != 0)
+        except Stopped:
+            self.model.train()
+            self._validated_at = -1  # no score for this step
+            log.warning("validation at step %d stopped by a stop signal: no score for this step", self.state.position.step)
+            distributed.barrier()
+            return
         except Exception as exc:  # noqa: BLE001 - a validation problem never ends training; `last` is on disk
             self.model.train()
             log.warning("validation at step %d failed and was skipped (%s: %s); training continues",

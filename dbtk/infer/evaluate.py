@@ -121,16 +121,22 @@ def scored_samples(reader: Reader, result: EvalResult) -> Iterator[Scored | None
         yield Scored(sample.name, labels.image, labels)
 
 
+class Stopped(Exception):
+    """:func:`evaluate_detector` was told to stop (``stop()`` returned True) before it scored every image."""
+
+
 def evaluate_detector(
     detector: Detector,
     reader: Reader,
     on_image: Callable[[], None] | None = None,
     keep: Callable[[str, np.ndarray, Detections, ImageScore], None] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> EvalResult:
     """Run the detector over a split and score it; images that cannot be used are counted, never fatal.
 
     The care ground truth's text heights are measured on the way (at the eval size and at the training scale) for
-    :func:`diagnose`, whose finding, if any, is ``result.diagnosis``.
+    :func:`diagnose`, whose finding, if any, is ``result.diagnosis``. ``stop`` is asked before each image is read:
+    True ends the pass with :class:`Stopped` (training's Ctrl-C does not wait for a whole validation set).
     """
     result = EvalResult(summarize([]), [], 0.0, list(reader.problems))
     start = time.perf_counter()
@@ -138,6 +144,8 @@ def evaluate_detector(
 
     def usable() -> Iterator[tuple[Scored, np.ndarray]]:
         for item in scored_samples(reader, result):
+            if stop is not None and stop():
+                raise Stopped
             if item is not None:
                 yield item, item.image
             elif on_image:
