@@ -128,6 +128,18 @@ def test_a_stop_signal_during_validation_ends_it_at_the_next_image(tmp_path: Pat
     assert (tmp_path / "run" / "checkpoints" / "best.safetensors").exists()
 
 
+def test_a_loader_worker_runs_one_opencv_thread_and_leaves_stop_signals_to_the_main_process() -> None:
+    script = (
+        "import signal, cv2\n"
+        "from dbtk.engine.trainer import init_loader_worker\n"
+        "cv2.setNumThreads(4)\n"
+        "init_loader_worker(0)\n"
+        "print(cv2.getNumThreads(), signal.getsignal(signal.SIGTERM) is signal.SIG_IGN, signal.getsignal(signal.SIGINT) is signal.SIG_IGN)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["1", "True", "True"], done.stderr
+
+
 def test_nan_batch_is_skipped_and_counted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import dbtk.data.dataset as dataset_module
 

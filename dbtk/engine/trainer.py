@@ -89,6 +89,19 @@ class EpochBatches:
             yield [offset + i for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
 
 
+def init_loader_worker(_worker_id: int) -> None:
+    """Each loader worker: one OpenCV thread — the workers are the parallelism, and OpenCV's own thread pool in
+    each would oversubscribe the cores — and stop signals left to the main process. ``timeout``, a batch scheduler
+    or a terminal sends SIGTERM or SIGINT to the whole process group: a worker that died of it would end training
+    with a DataLoader error before the main process saved; it serves on until the main process has saved and
+    shuts it down (and it exits by itself if the main process is gone)."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+
+
 def make_schedule(kind: str, warmup: int, total: int):  # noqa: ANN201 - a step -> multiplier function
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -343,6 +356,7 @@ class Trainer:
             self.dataset,
             batch_sampler=self.batches,
             num_workers=workers,
+            worker_init_fn=init_loader_worker if workers > 0 else None,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,

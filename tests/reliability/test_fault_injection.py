@@ -62,7 +62,7 @@ st.save_file = patched
 """
 
 
-def start(recipe: Path, out: Path, *extra: str, prelude: str = "") -> subprocess.Popen[str]:
+def start(recipe: Path, out: Path, *extra: str, prelude: str = "", new_session: bool = False) -> subprocess.Popen[str]:
     script = prelude + textwrap.dedent(
         f"""
         import sys
@@ -72,7 +72,8 @@ def start(recipe: Path, out: Path, *extra: str, prelude: str = "") -> subprocess
         """
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NO_COLOR": "1", "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)  # its own process group, to signal it whole
 
 
 def finish(process: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str]:

@@ -156,6 +156,30 @@ def test_sigterm_saves_like_ctrl_c_and_resume_continues(tmp_path: Path) -> None:
     assert steps == sorted(set(steps))  # no step logged twice: the resumed run started after the saved one
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_to_the_whole_process_group_saves_with_loader_workers(tmp_path: Path, sig: signal.Signals) -> None:
+    """``timeout``, a batch scheduler or a terminal signal the whole process group, loader workers included: the
+    workers leave the signal to the main process, which saves and exits 128 + the signal — no DataLoader error."""
+    import os
+
+    recipe = write_recipe(tmp_path, val_every=0)
+    recipe.write_text(recipe.read_text().replace("epochs = 4", "epochs = 100").replace("workers = 0", "workers = 2"))
+    run = tmp_path / "run"
+    process = start(recipe, run, new_session=True)
+    deadline = time.monotonic() + 180
+    while not (run / "metrics.jsonl").exists() or not (run / "metrics.jsonl").read_text().strip():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1]
+        time.sleep(0.2)
+    os.killpg(process.pid, sig)
+    code, err = finish(process)
+    TALLY["SIGTERM injected" if sig == signal.SIGTERM else "SIGINT to the process group"] += 1
+    assert code == 128 + sig, err
+    assert "Traceback" not in err and "error:" not in err and "DataLoader" not in err, err
+    step = int(re.search(r"at step (\d+): saved", err).group(1))
+    _, _, state = read_training_state(run / "checkpoints" / "last.safetensors")
+    assert state["position"]["step"] == step >= 4
+
+
 SIGTERM_AT_START_UP = """
 import os, signal
 from dbtk.engine import trainer as _t
