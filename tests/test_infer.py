@@ -293,6 +293,29 @@ def test_predict_and_eval_cli(checkpoint: Path, tmp_path: Path) -> None:
     table = run_dbtk("eval", str(checkpoint), "--data", str(split), "--device", "cpu", "--vis", str(tmp_path / "vis"), "--worst", "2")
     assert table.returncode == 0, table.stderr
     assert "hmean" in table.stdout and len(list((tmp_path / "vis").iterdir())) == 2
+    drawn = run_dbtk("eval", str(checkpoint), "--data", str(split), "--device", "cpu", "--json", "--vis", str(tmp_path / "vis2"))
+    assert drawn.returncode == 0, drawn.stderr
+    assert json.loads(drawn.stdout)["images"] == 3  # stdout holds the JSON alone; the overlays line is on stderr
+    assert "overlays of the" in drawn.stderr
+
+
+def test_eval_refuses_what_it_cannot_honour_before_evaluating(checkpoint: Path, tmp_path: Path) -> None:
+    """--set keys outside eval/postprocess (the model's training settings are the checkpoint's), and a --vis or
+    --report folder that cannot be created: one error line, exit 2, before any image is evaluated."""
+    split = _tiny_split(tmp_path / "split")
+    (tmp_path / "afile").write_text("x")
+    for args, said in (
+        (["--set", "data.image_size=64"], "--set data.image_size=64: eval changes eval.* and postprocess.* keys only"),
+        (["--set", "train.lr=1"], "eval changes eval.* and postprocess.* keys only"),
+        (["--vis", str(tmp_path / "afile" / "sub")], "cannot create the folder"),
+        (["--report", str(tmp_path / "afile" / "sub")], "cannot create the folder"),
+    ):
+        proc = run_dbtk("eval", str(checkpoint), "--data", str(split), "--device", "cpu", *args)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+        assert "evaluating" not in proc.stderr and "loading" not in proc.stderr.lower(), proc.stderr
+    ok = run_dbtk("eval", str(checkpoint), "--data", str(split), "--device", "cpu", "--json",
+                  "--set", "eval.long_side=96", "--set", "postprocess.box_thresh=0.5")
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_eval_usage_errors(tmp_path: Path) -> None:

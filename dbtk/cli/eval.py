@@ -6,6 +6,9 @@ import click
 
 from dbtk.cli import ExistingPath
 
+#: The recipe tables ``eval --set`` may change: how the model is run, not what it was trained as.
+TUNABLE = ("eval", "postprocess")
+
 
 @click.command("eval")
 @click.argument("checkpoint", required=False, type=click.Path(dir_okay=False))
@@ -39,6 +42,13 @@ def eval_command(
     if report_dir and pred_dir:
         raise DbtkError("--report needs a CHECKPOINT: it sweeps box_thresh over the model's scores", hint="dbtk eval MODEL --data DIR --report DIR")
     require_apart({"--vis": vis_dir, "--report": report_dir}, {"--data": data, "--annotations": annotations, "--pred": pred_dir})
+    for override in overrides:  # the model's training settings are the checkpoint's: only how it is run may change
+        if override.split("=", 1)[0].strip().split(".", 1)[0] not in TUNABLE:
+            raise DbtkError(f"--set {override}: eval changes eval.* and postprocess.* keys only (the rest is the checkpoint's)",
+                            hint="e.g. --set postprocess.box_thresh=0.5 or --set eval.long_side=1280")
+    for folder in (vis_dir, report_dir):  # an unusable output folder is said before the evaluation, not after it
+        if folder:
+            Path(folder).mkdir(parents=True, exist_ok=True)
     from dbtk.data.formats import open_split
 
     reader = open_split(data, annotations, format_name)
@@ -132,5 +142,5 @@ def _write_overlays(kept, reader, result, folder, worst: int) -> None:  # noqa: 
         labels = prepare(sample, reader.exif)  # the ground truth as scored (indices match the score's misses)
         overlay = draw_overlay(labels.image, kept[sample.name], names[sample.name], labels.polygons, labels.ignore)
         cv2.imwrite(str(folder / f"{Path(sample.name).stem}.jpg"), overlay)
-    _ui.console().print(f"overlays of the {len(names)} worst images written to {folder} (green: matched ground truth, orange: missed, red: false positive)")
+    _ui.step(f"overlays of the {len(names)} worst images written to {folder} (green: matched ground truth, orange: missed, red: false positive)")
 
