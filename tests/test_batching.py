@@ -179,3 +179,26 @@ def test_dbtk_predict_never_writes_among_its_input_images(tmp_path) -> None:  # 
     proc = run_dbtk("predict", str(model), str(tmp_path), "--out", str(tmp_path), "--vis")
     assert proc.returncode == 2 and "holds input images" in proc.stderr and "Traceback" not in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "x.png"]
+
+
+def test_dbtk_predict_runs_a_file_named_twice_once(recipe: recipes.Recipe, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """The same file by two spellings, and beside its folder (or a glob of it): one input, its own output name."""
+    import os
+
+    import cv2
+    from click.testing import CliRunner
+
+    from dbtk.cli.predict import predict
+
+    (tmp_path / "a").mkdir()
+    for name in ("x.png", "y.png"):
+        cv2.imwrite(str(tmp_path / "a" / name), images(1, [(64, 96)])[0])
+    monkeypatch.setattr(Detector, "load", classmethod(lambda cls, path, device="auto": Detector(Dark(), recipe)))
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"")
+    given = ["a/y.png", "./a/y.png", "a/../a/y.png", str(tmp_path / "a" / "y.png"), "a", "a/*.png"]
+    result = CliRunner().invoke(predict, [str(model), *given, "--out", "out", "--format", "icdar"])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir("out")) == ["res_x.txt", "res_y.txt"] and "share a file stem" not in result.output
+    assert "2 images" in result.output

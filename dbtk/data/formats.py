@@ -241,8 +241,11 @@ def open_split(images: str, annotations: str | None = None, format_name: str | N
 
 
 def image_files(paths: Sequence[str]) -> list[Path]:
-    """Expand files, folders and globs into a sorted list of image files."""
+    """Expand files, folders and globs into a list of image files, in the order given (a folder's and a glob's
+    sorted), each file once: a file named twice (``a/x.png`` and ``./a/x.png``, or given beside its folder) is one
+    input, not two runs whose outputs would be renamed apart."""
     import glob
+    import os
 
     found: list[Path] = []
     for item in paths:
@@ -254,6 +257,10 @@ def image_files(paths: Sequence[str]) -> list[Path]:
         else:
             matches = [Path(m) for m in sorted(glob.glob(item, recursive=True))]
             found += [m for m in matches if m.suffix.lower() in IMAGE_SUFFIXES]
+    unique: dict[str, Path] = {}
+    for path in found:
+        unique.setdefault(os.path.abspath(path), path)  # the first spelling of each file, in the order given
+    found = list(unique.values())
     if not found:
         raise DbtkError("no images found in " + ", ".join(str(Path(p).expanduser().absolute()) for p in paths),
                         hint=f"give image files ({' '.join(IMAGE_SUFFIXES)}), folders holding them (their sub-folders are not "
