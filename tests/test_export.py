@@ -223,6 +223,18 @@ def test_cli_export_check_and_errors(checkpoint: Path, images: list[np.ndarray],
     no_images = run_dbtk("export", str(checkpoint), "--out", str(tmp_path / "b.safetensors"), "--check")
     assert no_images.returncode == 2 and "--images" in no_images.stderr  # the tiny recipe has no data.val
 
+    folder = tmp_path / "mixed"  # one unreadable image among good ones: said and left out, as predict and eval do
+    folder.mkdir()
+    (folder / "a.jpg").write_bytes(page.read_bytes())
+    (folder / "empty.jpg").write_bytes(b"")
+    mixed = run_dbtk("export", str(checkpoint), "--out", str(tmp_path / "c.safetensors"), "--check", "--images", str(folder))
+    assert mixed.returncode == 0, mixed.stderr
+    assert "--images: skipped" in mixed.stderr and "empty.jpg" in mixed.stderr and "a.jpg" in mixed.stdout
+    (folder / "a.jpg").unlink()
+    none = run_dbtk("export", str(checkpoint), "--out", str(tmp_path / "d.safetensors"), "--check", "--images", str(folder))
+    assert none.returncode == 2 and "images found no readable image in the given paths (1 unreadable)" in none.stderr, none.stderr
+    assert "Traceback" not in none.stderr
+
 
 def test_hostile_onnx_files_are_refused(tmp_path: Path) -> None:
     from dbtk.errors import DbtkError

@@ -9,6 +9,8 @@ import click
 from dbtk.cli import FiniteFloatRange
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import numpy as np
 
     from dbtk.data.reader import Reader
@@ -218,30 +220,40 @@ def _check_images(recipe: Recipe, images: tuple[str, ...], count: int = 4) -> li
 
 def _named_images(paths: tuple[str, ...], recipe: Recipe, split: str, count: int, option: str, spread: bool = True) -> list[tuple[str, np.ndarray]]:
     """Named RGB arrays from ``paths`` (files, folders, globs) or, without paths, from the recipe's ``split``:
-    ``count`` of them spread evenly, or (``spread`` false) every given file or the split's first ``count``."""
+    ``count`` of them spread evenly, or (``spread`` false) every given file or the split's first ``count``. An
+    image that cannot be read is said and left out, as predict and eval do; none readable is an error."""
+    from dbtk.cli import _ui
     from dbtk.data.images import ImageError, read_image
     from dbtk.errors import DbtkError
 
     what = option.lstrip("-")
+    loaders: list[Callable[[], tuple[str, np.ndarray]]]
     if paths:
         from dbtk.data.formats import image_files
 
         files = image_files(paths)
-        try:
-            return [(path.name, read_image(path).image) for path in (_pick(files, count) if spread else files)]
-        except ImageError as exc:
-            raise DbtkError(f"{option} cannot use {exc}", hint=f"pass readable images with {option}") from None
-    from dbtk.registry import registry
+        loaders = [lambda path=path: (path.name, read_image(path).image) for path in (_pick(files, count) if spread else files)]
+    else:
+        from dbtk.registry import registry
 
-    try:
-        reader = registry.build("dataset", recipe.data.format.as_table(), split=getattr(recipe.data, split))
+        try:
+            reader = registry.build("dataset", recipe.data.format.as_table(), split=getattr(recipe.data, split))
+        except DbtkError as exc:
+            raise DbtkError(f"{what} cannot read the recipe's {split} split ({exc.message})", hint=f"pass {option} PATH") from None
         indices = _pick(list(range(len(reader))), count) if spread else list(range(min(count, len(reader))))
-        loaded = [reader.load(i) for i in indices]
-    except DbtkError as exc:
-        raise DbtkError(f"{what} cannot read the recipe's {split} split ({exc.message})", hint=f"pass {option} PATH") from None
-    if not loaded:
-        raise DbtkError(f"{what} found no images in the recipe's {split} split", hint=f"pass {option} PATH")
-    return [(sample.name, sample.decoded.image) for sample in loaded]
+        loaders = [lambda i=i: (reader.name(i), reader.load(i).decoded.image) for i in indices]
+    named, unreadable = [], 0
+    for load in loaders:
+        try:
+            named.append(load())
+        except ImageError as exc:
+            _ui.warn(f"{option}: skipped {exc}")
+            unreadable += 1
+    if not named:
+        where = "the given paths" if paths else f"the recipe's {split} split"
+        raise DbtkError(f"{what} found no readable image in {where}" + (f" ({unreadable} unreadable)" if unreadable else ""),
+                        hint=f"pass readable images with {option} PATH")
+    return named
 
 
 def _pick(items: list[T], count: int) -> list[T]:
