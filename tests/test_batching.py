@@ -202,3 +202,31 @@ def test_dbtk_predict_runs_a_file_named_twice_once(recipe: recipes.Recipe, tmp_p
     assert result.exit_code == 0, result.output
     assert sorted(os.listdir("out")) == ["res_x.txt", "res_y.txt"] and "share a file stem" not in result.output
     assert "2 images" in result.output
+
+
+def test_stream_reads_ahead_a_bounded_number_of_pixels(recipe: recipes.Recipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A large batch size of large pages holds at most READ_AHEAD_PIXELS of originals (at least one image), and the
+    results do not depend on it."""
+    import dbtk.infer.detector as detector_module
+
+    pages = images(12, [(64, 96)])
+    pulled: list[int] = []
+
+    def counted():  # noqa: ANN202
+        for i, page in enumerate(pages):
+            pulled.append(i)
+            yield i, page
+
+    detector = Detector(Dark(), recipe)
+    def plain(found):  # noqa: ANN001, ANN202
+        return [p.tolist() for p in found.polygons], found.scores.tolist()
+
+    unbounded = [plain(found) for _, _, found in detector.detect_stream(enumerate(pages), batch_size=64)]
+    for budget, ahead in ((3 * 64 * 96, 3), (1, 1)):
+        monkeypatch.setattr(detector_module, "READ_AHEAD_PIXELS", budget)
+        pulled.clear()
+        stream = detector.detect_stream(counted(), batch_size=64)
+        first = next(stream)
+        assert first[0] == 0 and len(pulled) == ahead  # not 12: the window stopped at the pixel budget
+        rest = [plain(found) for _, _, found in stream]
+        assert [plain(first[2]), *rest] == unbounded

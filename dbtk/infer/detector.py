@@ -15,7 +15,6 @@ size.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +33,9 @@ if TYPE_CHECKING:
 STRIDE = 32
 #: How many batches of images :meth:`Detector.detect_stream` reads ahead to find equal sizes to batch together.
 WINDOW = 8
+#: ... and at most this many decoded pixels (384 MB of RGB), whichever comes first: a large --batch-size of large
+#: pages must not hold thousands of full-size originals before the first result.
+READ_AHEAD_PIXELS = 128 * 2**20
 
 K = TypeVar("K")
 
@@ -109,6 +111,18 @@ def _owned(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
     starts = _starts(length, tile, overlap)
     bounds = [0, *((start + following + tile) // 2 for start, following in zip(starts, starts[1:], strict=False)), length]
     return list(zip(bounds, bounds[1:], strict=False))
+
+
+def _read_ahead(iterator: Iterator[tuple[K, np.ndarray]], count: int, pixels: int) -> list[tuple[K, np.ndarray]]:
+    """Up to ``count`` items of ``iterator``, fewer once their images hold ``pixels`` (at least one item)."""
+    window: list[tuple[K, np.ndarray]] = []
+    held = 0
+    for item in iterator:
+        window.append(item)
+        held += item[1].shape[0] * item[1].shape[1]
+        if len(window) >= count or held >= pixels:
+            break
+    return window
 
 
 class Detector:
@@ -203,9 +217,9 @@ class Detector:
     ) -> Iterator[tuple[K, np.ndarray, Detections]]:
         """``(key, image)`` pairs in, ``(key, image, detections)`` out, in input order, at bounded memory.
 
-        Images are read ahead :data:`WINDOW` batches at a time; within that window, images whose resized size is
-        equal go through the network together, ``batch_size`` at a time (default: the recipe's
-        ``eval.batch_size``). Only equal sizes share a batch, so no image is padded by another and the results
+        Images are read ahead :data:`WINDOW` batches at a time, or fewer when they reach :data:`READ_AHEAD_PIXELS`
+        (at least one image); within that window, images whose resized size is equal go through the network
+        together, ``batch_size`` at a time (default: the recipe's ``eval.batch_size``). Only equal sizes share a batch, so no image is padded by another and the results
         equal one-at-a-time inference. A static-shape export pads every image to its fixed input anyway.
 
         With ``eval.tile`` set, each image is detected from stitched tiles (:meth:`_tiled`), one image at a time,
@@ -218,7 +232,7 @@ class Detector:
             return
         iterator = iter(items)
         while True:
-            window = list(itertools.islice(iterator, batch_size * WINDOW))
+            window = _read_ahead(iterator, batch_size * WINDOW, READ_AHEAD_PIXELS)
             if not window:
                 return
             prepared = [resize_for_inference(image, self.long_side) for _, image in window]
