@@ -186,6 +186,9 @@ def test_doctor_on_this_machine() -> None:
     assert checks["plugins"]["status"] == "ok"
     required = run_dbtk("doctor", "--json", "--require-cuda")
     assert required.returncode == 1
+    table = run_dbtk("doctor")  # on a pipe: the verdict on a line of its own, not glued to the table's border
+    assert table.returncode == 0 and "✓ training can run on the CPU" in table.stdout
+    assert any(line.startswith("✓ training can run") for line in table.stdout.splitlines()), table.stdout[-300:]
 
 
 # ------------------------------------------------------------------------------------------------ --steps N
@@ -251,6 +254,26 @@ def test_cudnn_benchmark_advice_follows_the_recipe_setting() -> None:
     assert advice(False, faster).fix.startswith("set train.cudnn_benchmark = true")
     assert advice(True, failing).status == rules.FAIL and advice(True, failing).fix.startswith("set train.cudnn_benchmark = false")
     assert advice(True, {"off": {"ms": 100.0}, "on": {"ms": 99.0}}).fix.startswith("set train.cudnn_benchmark = false")
+
+
+def test_a_step_at_the_loaders_speed_or_faster_than_it_is_said() -> None:
+    """On a CPU the loader's workers take the step's cores: a starved step is slow rather than waiting, so training
+    at the loader's own rate warns too; training far faster than the loader means prefetched batches fed a run
+    too short to measure it. Skipped samples name the clean-data command for the recipe's own data."""
+    cpu = {**HEALTHY_RUN_3060, "device": "cpu", "workers": 1, "loader_images_per_second": 8.0, "train_images_per_second": 8.4,
+           "data_wait_fraction": 0.12, "skipped": {"corrupt": 1}, "clean_data": "dbtk clean-data data/train --format icdar2015 --check",
+           "prefetched": 4}
+    found = {f.check: f for f in rules.run_findings(cpu, cpus=8)}
+    assert found["recipe data loading"].status == rules.WARN
+    assert "training runs at the data loader's speed" in found["recipe data loading"].detail
+    assert found["recipe data loading"].fix.startswith("raise train.workers")
+    assert "1 sample skipped (corrupt 1)" in found["recipe samples"].detail
+    assert found["recipe samples"].fix == "see which files with: dbtk clean-data data/train --format icdar2015 --check"
+    short = {f.check: f for f in rules.run_findings({**cpu, "train_images_per_second": 49.0, "loader_images_per_second": 4.3}, cpus=8)}
+    assert "too short to measure the loader" in short["recipe data loading"].detail and "4" in short["recipe data loading"].detail
+    assert short["recipe data loading"].fix == "run more --steps"
+    relaxed = {f.check: f for f in rules.run_findings({**cpu, "train_images_per_second": 5.0}, cpus=8)}
+    assert relaxed["recipe data loading"].status == rules.OK
 
 
 def test_run_rules_problems_each_with_a_fix() -> None:

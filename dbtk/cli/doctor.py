@@ -64,6 +64,8 @@ def doctor(as_json: bool, recipe_path: str | None, overrides: tuple[str, ...], s
     if live is not None:
         live.update(_table(findings, pending=[]), refresh=True)
         live.stop()
+        if not live.console.is_terminal:  # rich ends a live display on a pipe without its last line break
+            live.console.line()
     code = rules.exit_code(findings)
     if as_json:
         _ui.print_json({"ok": code == 0, "findings": [f.as_dict() for f in findings]})

@@ -491,15 +491,29 @@ def is_out_of_memory(exc: BaseException) -> bool:
 def recipe_run_probe(args: argparse.Namespace) -> Result:
     """Train the recipe for ``--steps`` steps on its real data and report what happened; a failure is the result."""
     from dbtk import recipe as recipes
+    from dbtk.engine.trainer import PREFETCH
 
     recipe = _steps_only(recipes.load(args.recipe, args.overrides), args.steps)
     out: Result = {"steps": args.steps, "workers": recipe.train.workers, "batch_size": recipe.train.batch_size, "precision": recipe.train.precision}
     out["benchmark_setting"] = recipe.train.cudnn_benchmark
+    out["clean_data"] = _clean_data_command(recipe)
+    out["prefetched"] = recipe.train.workers * PREFETCH
     try:
         out.update(_train(recipe, args.steps))
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {_first_line(exc)[:300]}"
     return out
+
+
+def _clean_data_command(recipe: Recipe) -> str:
+    """The ``dbtk clean-data ... --check`` line for the recipe's training split (the fix for skipped samples)."""
+    import shlex
+
+    split, data = recipe.data.train, recipe.data
+    words = ["dbtk", "clean-data", str(split.images)] if split is not None else ["dbtk", "clean-data", "DATA"]
+    if split is not None and split.annotations:
+        words += ["--annotations", str(split.annotations)]
+    return " ".join([*map(shlex.quote, words), "--format", shlex.quote(data.format.name), "--check"])
 
 
 def _steps_only(recipe: Recipe, steps: int) -> Recipe:

@@ -500,6 +500,13 @@ def weights_findings(weights: dict[str, Any]) -> list[Finding]:
                     f"dbtk weights fetch {tag} (on a login node when compute nodes have no network)")]
 
 
+#: Training faster than this times the loader alone: prefetched batches fed the timed steps, the run was too short.
+OUTRAN = 1.2
+#: Training at this share of the loader's own rate or more is held back by it (on a CPU the step does not wait:
+#: the workers take its cores).
+AT_LOADER_SPEED = 0.85
+
+
 def run_findings(run: dict[str, Any], cpus: int | None = None) -> list[Finding]:
     """Advice from training the recipe for a few steps on its real data (see probes.run_recipe)."""
     failure = _probe_failure("recipe run", "run", run)
@@ -516,15 +523,24 @@ def run_findings(run: dict[str, Any], cpus: int | None = None) -> list[Finding]:
                       f"worker{'s' if workers > 1 else ''} ({loader_rate / workers:.1f} per worker)")
         else:
             detail = f"training {rate:.1f} images/s; data loader alone {loader_rate:.1f} images/s in the main process (workers = 0)"
-        if wait is not None and wait > 0.2:
-            more = f"raise train.workers (this machine has {cpus} CPUs)" if cpus and workers < cpus - 1 else "enable data.cache = 'auto' or use smaller source images"
-            findings.append(Finding("recipe data loading", WARN, f"{detail}; the step waits for data {wait:.0%} of the time", more))
+        waited = f"; the step waits for data {wait:.0%} of the time" if wait is not None else ""
+        more = f"raise train.workers (this machine has {cpus} CPUs)" if cpus and workers < cpus - 1 else "enable data.cache = 'auto' or use smaller source images"
+        if loader_rate and rate > OUTRAN * loader_rate:  # batches prefetched before the timed run fed most of it
+            findings.append(Finding("recipe data loading", WARN, f"{detail}: the run was too short to measure the loader "
+                                    f"(batches prefetched before it fed the step: {run.get('prefetched', '?')})", "run more --steps"))
+        elif wait is not None and wait > 0.2:
+            findings.append(Finding("recipe data loading", WARN, detail + waited, more))
+        elif loader_rate and rate >= AT_LOADER_SPEED * loader_rate:
+            # On a CPU the loader's workers take the cores the step needs: a starved step is slow, not waiting.
+            findings.append(Finding("recipe data loading", WARN, f"{detail}{waited}: training runs at the data loader's speed", more))
         else:
-            findings.append(Finding("recipe data loading", OK, detail + (f"; waits for data {wait:.0%} of the time" if wait is not None else "")))
+            findings.append(Finding("recipe data loading", OK, detail + waited))
     skipped = run.get("skipped") or {}
     if skipped:
         reasons = ", ".join(f"{reason} {count}" for reason, count in sorted(skipped.items()))
-        findings.append(Finding("recipe samples", WARN, f"{sum(skipped.values())} samples skipped ({reasons})", "see which files with: dbtk clean-data SRC --check"))
+        count = sum(skipped.values())
+        findings.append(Finding("recipe samples", WARN, f"{count} sample{'s' if count != 1 else ''} skipped ({reasons})",
+                                f"see which files with: {run.get('clean_data', 'dbtk clean-data DATA --check')}"))
     if "peak_gb" in run:
         findings.append(Finding("recipe memory", OK, f"peak {run['peak_gb']:.1f} of {run['total_gb']:.1f} GB during training"))
     elif "peak_rss_gb" in run:
@@ -542,7 +558,7 @@ def _loss_finding(run: dict[str, Any]) -> Finding:
     overflow = run.get("overflow_steps", 0)
     if bad:
         return Finding("recipe loss", FAIL, f"{bad} of {steps} steps had a non-finite loss (skipped)",
-                       "lower train.lr, use precision = 'bf16' or 'fp32', and check the data with 'dbtk clean-data SRC --check'")
+                       f"lower train.lr, use precision = 'bf16' or 'fp32', and check the data with '{run.get('clean_data', 'dbtk clean-data DATA --check')}'")
     if overflow > max(steps // 2, NORMAL_OVERFLOW_STEPS):
         return Finding("recipe loss", WARN, f"finite on all {logged} of {steps} steps, but fp16 gradients overflowed on {overflow} steps (skipped, no update)",
                        "use precision = 'bf16' (compute 8.0 or newer) or 'fp32': fp16 cannot hold these gradients at any scale GradScaler tried")

@@ -43,6 +43,8 @@ DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Signals that stop training at the next step boundary, after saving ``last``: Ctrl-C, and SIGTERM (``kill``,
 #: ``docker stop``, a batch scheduler's time limit), which would otherwise end the process and lose those steps.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Batches each loader worker prepares ahead of the step.
+PREFETCH = 4
 
 
 class BadStepsError(DbtkError):
@@ -360,7 +362,7 @@ class Trainer:
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
             persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
+            prefetch_factor=PREFETCH if workers > 0 else None,
         )
 
     def run(self) -> dict[str, float]:
