@@ -230,3 +230,21 @@ def test_stream_reads_ahead_a_bounded_number_of_pixels(recipe: recipes.Recipe, m
         assert first[0] == 0 and len(pulled) == ahead  # not 12: the window stopped at the pixel budget
         rest = [plain(found) for _, _, found in stream]
         assert [plain(first[2]), *rest] == unbounded
+
+
+def test_dbtk_predict_counts_a_link_to_nothing_in_a_folder(recipe: recipes.Recipe, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    import cv2
+    from click.testing import CliRunner
+
+    from dbtk.cli.predict import predict
+
+    (tmp_path / "a").mkdir()
+    cv2.imwrite(str(tmp_path / "a" / "x.png"), images(1, [(64, 96)])[0])
+    (tmp_path / "a" / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    monkeypatch.setattr(Detector, "load", classmethod(lambda cls, path, device="auto": Detector(Dark(), recipe)))
+    model = tmp_path / "model.safetensors"
+    model.write_bytes(b"")
+    result = CliRunner().invoke(predict, [str(model), str(tmp_path / "a"), "--out", str(tmp_path / "out"), "--format", "icdar"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "gone.jpg" in said and "1 images" in said and "(1 unreadable)" in said

@@ -250,8 +250,9 @@ def image_files(paths: Sequence[str]) -> list[Path]:
     found: list[Path] = []
     for item in paths:
         path = Path(item).expanduser()
-        if path.is_dir():
-            found += _images_in(path)
+        if path.is_dir():  # a link to no file is kept: reading it says so, rather than the file vanishing unsaid
+            dangling = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists()]
+            found += sorted(_images_in(path) + dangling)
         elif path.is_file():
             found.append(path)
         else:
