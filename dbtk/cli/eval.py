@@ -42,6 +42,10 @@ def eval_command(
     if report_dir and pred_dir:
         raise DbtkError("--report needs a CHECKPOINT: it sweeps box_thresh over the model's scores", hint="dbtk eval MODEL --data DIR --report DIR")
     require_apart({"--vis": vis_dir, "--report": report_dir}, {"--data": data, "--annotations": annotations, "--pred": pred_dir})
+    if overrides:  # an unknown key or a bad value says so first (with a did-you-mean), before anything is loaded
+        from dbtk import recipe as recipes
+
+        recipes.with_overrides(recipes.Recipe(), overrides)
     for override in overrides:  # the model's training settings are the checkpoint's: only how it is run may change
         if override.split("=", 1)[0].strip().split(".", 1)[0] not in TUNABLE:
             raise DbtkError(f"--set {override}: eval changes eval.* and postprocess.* keys only (the rest is the checkpoint's)",
