@@ -612,6 +612,15 @@ def _names_a_file(value: str, base: Path | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- --set overrides
+def override_key(override: str) -> tuple[str, ...]:
+    """The key path of one ``key.path=value`` override (``("train", "lr")``); a malformed one is a RecipeError."""
+    key, sep, _ = override.partition("=")
+    parts = tuple(part.strip() for part in key.split("."))
+    if not sep or not all(parts):
+        raise RecipeError(f"bad --set '{override}': expected KEY=VALUE", hint="for example: --set train.lr=5e-4")
+    return parts
+
+
 def apply_override(data: dict[str, Any], override: str) -> tuple[str, ...]:
     """Apply one ``key.path=value`` override in place, typing the value by the schema; returns the key path.
 
@@ -620,11 +629,8 @@ def apply_override(data: dict[str, Any], override: str) -> tuple[str, ...]:
     name or path, or an inline table ``{ ... }``; other values are TOML literals (``5e-4``, ``true``, ``[1, 2]``),
     falling back to the raw text so the type check names the key. Every error names the ``--set`` item.
     """
-    key, sep, text = override.partition("=")
-    parts = tuple(part.strip() for part in key.split("."))
-    if not sep or not all(parts):
-        raise RecipeError(f"bad --set '{override}': expected KEY=VALUE", hint="for example: --set train.lr=5e-4")
-    value = _parse_override_value(_override_type(parts, override), text.strip(), override)
+    parts = override_key(override)
+    value = _parse_override_value(_override_type(parts, override), override.partition("=")[2].strip(), override)
     node = data
     for depth, part in enumerate(parts[:-1]):
         here = parts[: depth + 1]

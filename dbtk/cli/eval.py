@@ -47,7 +47,7 @@ def eval_command(
 
         recipes.with_overrides(recipes.Recipe(), overrides)
     for override in overrides:  # the model's training settings are the checkpoint's: only how it is run may change
-        if override.split("=", 1)[0].strip().split(".", 1)[0] not in TUNABLE:
+        if recipes.override_key(override)[0] not in TUNABLE:
             raise DbtkError(f"--set {override}: eval changes eval.* and postprocess.* keys only (the rest is the checkpoint's)",
                             hint="e.g. --set postprocess.box_thresh=0.5 or --set eval.long_side=1280")
     for folder in (vis_dir, report_dir):  # an unusable output folder is said before the evaluation, not after it

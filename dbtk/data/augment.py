@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from dbtk.data.polygons import MIN_AREA, repair, settle_stack, short_side, simple_stack
+from dbtk.data.polygons import MIN_AREA, by_point_count, repair, settle_stack, short_side, simple_stack
 
 if TYPE_CHECKING:
     from dbtk.recipe import Data
@@ -179,11 +179,8 @@ def _clip_to_crop(
     import shapely
 
     box = shapely.box(0, 0, size, size)
-    by_count: dict[int, list[int]] = {}
-    for index, points in crossing.items():
-        by_count.setdefault(len(points), []).append(index)
     found: dict[int, tuple[np.ndarray, bool] | None] = {}
-    for indices in by_count.values():
+    for indices in by_point_count(crossing.items()).values():
         points = np.stack([crossing[i] for i in indices])  # (m, k, 2)
         simple, _ = simple_stack(points)
         clipped = shapely.intersection(shapely.polygons(points), box)

@@ -30,8 +30,10 @@ def _check_exif(exif: str) -> str:
     return exif
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+def _images_in(folder: Path, dangling: bool = False) -> list[Path]:
+    """The image files of ``folder``, sorted; with ``dangling``, links to no file named like images too."""
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+                  and (p.is_file() or dangling and p.is_symlink() and not p.exists()))
 
 
 def _require_dir(path: Path, what: str, root: Path | None = None, expected: str = "") -> Path:
@@ -251,8 +253,7 @@ def image_files(paths: Sequence[str]) -> list[Path]:
     for item in paths:
         path = Path(item).expanduser()
         if path.is_dir():  # a link to no file is kept: reading it says so, rather than the file vanishing unsaid
-            dangling = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists()]
-            found += sorted(_images_in(path) + dangling)
+            found += _images_in(path, dangling=True)
         elif path.is_file():
             found.append(path)
         else:

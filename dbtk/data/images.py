@@ -27,6 +27,11 @@ class ImageError(Exception):
         self.reason = reason
 
 
+def reduced_size(width: int, height: int, reduction: int) -> tuple[int, int]:
+    """(width, height) of a page decoded at 1/``reduction`` of each side: libjpeg's ceil(side / reduction)."""
+    return -(-width // reduction), -(-height // reduction)
+
+
 @dataclass(frozen=True)
 class Decoded:
     """Decoded pixels and how they relate to the page: labels are in the page's display coordinates, whatever
@@ -55,7 +60,7 @@ class Decoded:
         except (TypeError, ValueError):  # a stored_size that is not two numbers
             return False
         shape = getattr(self.image, "shape", ())
-        return len(shape) >= 2 and (shape[1], shape[0]) == (-(-width // n), -(-height // n))
+        return len(shape) >= 2 and (shape[1], shape[0]) == reduced_size(width, height, n)
 
     def to_page(self) -> np.ndarray:
         """The 3×3 affine map from pixel coordinates of ``image`` to the page's display coordinates (pixel centres
@@ -65,7 +70,8 @@ class Decoded:
         if self.reduction == 1:
             return np.eye(3)
         n, (width, height) = self.reduction, self.stored_size
-        reduced = _orientation_map(self.orientation, -(-width // n) - 1, -(-height // n) - 1)  # ceil(side / n)
+        reduced_width, reduced_height = reduced_size(width, height, n)
+        reduced = _orientation_map(self.orientation, reduced_width - 1, reduced_height - 1)
         page = _orientation_map(self.orientation, width - 1, height - 1)
         scale = np.array([[n, 0.0, (n - 1) / 2], [0.0, n, (n - 1) / 2], [0.0, 0.0, 1.0]])
         rotation, shift = reduced[:2, :2], reduced[:2, 2]  # a signed permutation: its inverse is its transpose
@@ -116,7 +122,7 @@ def decode_image(data: bytes, name: str = "<bytes>", max_pixels: int = MAX_PIXEL
     image = None
     if reduction > 1:
         image = cv2.imdecode(buffer, getattr(cv2, f"IMREAD_REDUCED_COLOR_{reduction}") | cv2.IMREAD_IGNORE_ORIENTATION)
-        if image is None or image.shape[:2] != (-(-size[1] // reduction), -(-size[0] // reduction)):
+        if image is None or image.shape[1::-1] != reduced_size(*size, reduction):
             image, reduction = None, 1  # pixels that do not match the header: decode in full, as without draw
     if image is None:
         image = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)

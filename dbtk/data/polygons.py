@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass
 
 import numpy as np
@@ -187,17 +187,26 @@ def repair_all(
     the image are dropped the same way; only the rest take the one-polygon path with shapely.
     """
     results: list[Repaired | None] = [None] * len(polygons)
-    by_count: dict[int, list[int]] = {}
-    for index, points in enumerate(polygons):
-        shape = np.shape(points)
-        if len(shape) == 2 and shape[1] == 2 and shape[0] >= 3:
-            by_count.setdefault(shape[0], []).append(index)
-    for indices in by_count.values():
+    stackable = ((index, points) for index, points in enumerate(polygons) if _is_point_list(np.shape(points)))
+    for indices in by_point_count(stackable).values():
         _settle_simple(polygons, indices, width, height, ignore, min_size, results)
     return [
         result if result is not None else repair(points, width, height, ignore=ignore[i], min_size=min_size)
         for i, (result, points) in enumerate(zip(results, polygons, strict=True))
     ]
+
+
+def _is_point_list(shape: tuple[int, ...]) -> bool:
+    return len(shape) == 2 and shape[1] == 2 and shape[0] >= 3
+
+
+def by_point_count(polygons: Iterable[tuple[int, Sized]]) -> dict[int, list[int]]:
+    """The indices of ``(index, points)`` pairs grouped by point count: each group stacks into one (m, k, 2) array
+    for the array functions here and in the targets."""
+    groups: dict[int, list[int]] = {}
+    for index, points in polygons:
+        groups.setdefault(len(points), []).append(index)
+    return groups
 
 
 def _settle_simple(

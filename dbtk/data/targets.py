@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dbtk.data.polygons import predecessor, successor, twice_areas
+from dbtk.data.polygons import by_point_count, predecessor, successor, twice_areas
 
 #: Pixel-centre conventions matching cv2.fillPoly on the offset polygon (what DBNet implementations draw):
 #: a pixel belongs to a filled outline when its centre lies within half a pixel of it.
@@ -95,7 +95,8 @@ def make_targets(
     thresh_map = np.full((height, width), thresh_min, dtype=np.float32)
 
     shapes = [np.asarray(points, dtype=np.float64) for points in polygons]
-    groups = [(members, _Stack.of(np.stack([shapes[i] for i in members]))) for members in _by_point_count(shapes).values()]
+    grouped = by_point_count(enumerate(shapes)).values()
+    groups = [(members, _Stack.of(np.stack([shapes[i] for i in members]))) for members in grouped]
     distances = np.zeros(len(shapes))
     for members, stack in groups:
         distances[members] = stack.shrink_distances(shrink_ratio)
@@ -129,13 +130,6 @@ def make_targets(
         cv2.max(target, field, dst=target)
 
     return {"shrink_map": shrink_map, "shrink_mask": shrink_mask, "thresh_map": thresh_map, "thresh_mask": thresh_mask}
-
-
-def _by_point_count(shapes: Sequence[np.ndarray]) -> dict[int, list[int]]:
-    groups: dict[int, list[int]] = {}
-    for index, points in enumerate(shapes):
-        groups.setdefault(len(points), []).append(index)
-    return groups
 
 
 def _fields(

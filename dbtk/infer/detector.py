@@ -219,8 +219,9 @@ class Detector:
 
         Images are read ahead :data:`WINDOW` batches at a time, or fewer when they reach :data:`READ_AHEAD_PIXELS`
         (at least one image); within that window, images whose resized size is equal go through the network
-        together, ``batch_size`` at a time (default: the recipe's ``eval.batch_size``). Only equal sizes share a batch, so no image is padded by another and the results
-        equal one-at-a-time inference. A static-shape export pads every image to its fixed input anyway.
+        together, ``batch_size`` at a time (default: the recipe's ``eval.batch_size``). Only equal sizes share a
+        batch, so no image is padded by another and the results equal one-at-a-time inference. A static-shape
+        export pads every image to its fixed input anyway.
 
         With ``eval.tile`` set, each image is detected from stitched tiles (:meth:`_tiled`), one image at a time,
         its tiles ``batch_size`` at a time.
