@@ -45,6 +45,22 @@ def median_run(fn, repeat: int):  # noqa: ANN001, ANN201 - (median seconds, outp
     return statistics.median(samples), output
 
 
+def positive(kind: type):  # noqa: ANN201 - an argparse type: kind(text), finite and above 0, else a usage error
+    import argparse
+    import math
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0):
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    return parse
+
+
 def standard_arguments(doc: str):  # noqa: ANN201 - argparse.Namespace with data, repeat, markdown
     """--data (default: docs-dev val), --repeat and --markdown, shared by the data-driven benchmarks."""
     import argparse

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from _common import positive
 
 from dbtk import recipe as recipes
 from dbtk.data.augment import color_jitter, crop_labels, random_affine, warp
@@ -33,6 +34,7 @@ from dbtk.data.images import read_image
 from dbtk.data.reader import RawSample
 from dbtk.data.labels import prepare
 from dbtk.data.targets import make_targets
+from dbtk.errors import DbtkError
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS_TRAIN = REPO.parent / "shared" / "data" / "docs-dev" / "train"
@@ -130,21 +132,8 @@ def resize_mode(args: argparse.Namespace) -> None:
         print(f"| {name} | {ms:.2f} | {ms / decode:.2f}× |" if args.markdown else f"{name:42s} {ms:7.2f} ms  {ms / decode:5.2f}×")
 
 
-def main() -> None:
-    import cv2
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(DOCS_TRAIN))
-    parser.add_argument("--samples", type=int, default=80)
-    parser.add_argument("--markdown", action="store_true")
-    parser.add_argument("--resize", type=int, default=0, help="time the LongestMaxSize mode at this size instead")
-    parser.add_argument("--enlarge", type=float, default=2.5, help="with --resize: enlarge the pages this many times")
-    args = parser.parse_args()
-    cv2.setNumThreads(1)
-    if args.resize:
-        resize_mode(args)
-        return
-
+def docs_crops(args: argparse.Namespace) -> None:
+    """The docs recipe's crops, part by part; see the module doc."""
     recipe = recipes.load(str(REPO / "recipes" / "docs.toml"), [f"data.train={args.data}", "data.cache=off"])
     data = recipe.data
     reader = open_split(args.data)
@@ -192,6 +181,23 @@ def main() -> None:
     else:
         for name, ms, ratio in rows:
             print(f"{name:42s} {ms:7.2f} ms  {ratio:5.2f}×")
+
+
+def main() -> None:
+    import cv2
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(DOCS_TRAIN))
+    parser.add_argument("--samples", type=positive(int), default=80)
+    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--resize", type=positive(int), help="time the LongestMaxSize mode at this size instead")
+    parser.add_argument("--enlarge", type=positive(float), default=2.5, help="with --resize: enlarge the pages this many times")
+    args = parser.parse_args()
+    cv2.setNumThreads(1)
+    try:
+        (resize_mode if args.resize else docs_crops)(args)
+    except DbtkError as exc:  # a recipe value or a data folder this run cannot use: said as a usage error
+        parser.error(exc.message)
 
 
 if __name__ == "__main__":
